@@ -1,0 +1,55 @@
+# Lantern: `make run` opens the viewer on the demo study; `make test` runs the whole suite.
+# Both set everything up first on a fresh machine (venv, pinned torch, Qt's system libraries).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.lantern-installed
+# Qt's xcb/offscreen plugins need these at run time; xvfb gives a real window without a screen.
+QT_SYSTEM_LIBS := libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
+	libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
+	libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 xvfb xauth
+
+.PHONY: setup system-deps run test bench screenshots package demo-model clean
+
+setup: $(STAMP)
+
+# Installs Qt's system libraries with apt-get when running as root (CI, fresh machines);
+# otherwise only says which are missing.
+system-deps:
+	@missing=""; for p in $(QT_SYSTEM_LIBS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing system libraries for Qt:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	elif command -v dpkg >/dev/null; then \
+		echo "note: Qt may need these system packages:$$missing"; fi
+
+$(STAMP): pyproject.toml Makefile
+	$(MAKE) system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[torch,viewer,dev,package]'
+	touch $@
+
+run: $(STAMP)
+	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && [ "$$QT_QPA_PLATFORM" != offscreen ]; then \
+		echo "No display found: running the viewer under xvfb-run."; \
+		xvfb-run -a $(BIN)/lantern; \
+	else $(BIN)/lantern; fi
+
+test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/lantern-engine bench
+
+# Re-trains the demo model from synthetic phantoms (about 15 minutes on 2 cores).
+demo-model: $(STAMP)
+	$(BIN)/lantern-engine train-demo --out resources/models/demo
+
+clean:
+	rm -rf $(VENV) dist build/work

@@ -1,0 +1,171 @@
+"""Analysis out: one call from a loaded image and a model to predictions, maps and uncertainty.
+
+``analysis_steps`` is a generator that yields :class:`Progress` between stages and returns the
+:class:`Analysis`; a caller cancels by closing it (the viewer's worker does so between steps).
+``analyze`` runs it to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generator
+
+import numpy as np
+
+from .backends import Backend, open_backend
+from .bundle import ModelBundle, load_bundle
+from .cam import ClassMaps, get_method, normalize_per_class
+from .images import SourceImage
+from .preprocess import ModelInput, map_to_source, prepare_input
+from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    methods: tuple[str, ...] = ("gradcam",)
+    mc_samples: int = DEFAULT_SAMPLES  # 0 = no MC dropout
+    seed: int = 0
+    confidence_threshold: float = DEFAULT_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    step: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A bundle with an open engine: what ``analyze`` needs besides the image."""
+
+    bundle: ModelBundle
+    backend: Backend
+
+    @property
+    def engine(self) -> str:
+        return self.backend.engine
+
+
+def load_model(bundle: str | Path | ModelBundle, engine: str = "auto") -> LoadedModel:
+    if not isinstance(bundle, ModelBundle):
+        bundle = load_bundle(bundle)
+    return LoadedModel(bundle, open_backend(bundle, engine))
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    source: Path
+    frame: int
+    model_name: str
+    model_version: str
+    engine: str
+    classes: tuple[str, ...]
+    logits: np.ndarray  # (C,)
+    probabilities: np.ndarray  # (C,) softmax of the deterministic (dropout-off) pass
+    maps: dict[str, ClassMaps]  # method name -> maps for every class
+    uncertainty: UncertaintySummary | None
+    uncertainty_note: str  # why uncertainty is missing, when it is
+    model_input: ModelInput = field(repr=False)
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted_class(self) -> str:
+        return self.classes[self.predicted]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "frame": self.frame,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "engine": self.engine,
+            "classes": list(self.classes),
+            "logits": [round(float(v), 6) for v in self.logits],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, self.probabilities)},
+            "predicted_class": self.predicted_class,
+            "methods": list(self.maps),
+            "map_peaks": {
+                m: {c: list(cm.peak(i)) for i, c in enumerate(self.classes)} for m, cm in self.maps.items()
+            },
+            "map_maxima": {
+                m: {c: round(float(cm.grid[i].max()), 6) for i, c in enumerate(self.classes)}
+                for m, cm in self.maps.items()
+            },
+            "uncertainty": self.uncertainty.to_dict() if self.uncertainty else None,
+            "uncertainty_note": self.uncertainty_note,
+            "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},
+        }
+
+
+def analysis_steps(
+    image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()
+) -> Generator[Progress, None, Analysis]:
+    methods = [get_method(m) for m in options.methods]
+    timings: dict[str, float] = {}
+    total = 4
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    model_input = prepare_input(image, model.bundle.input)
+    lap("preprocess")
+    yield Progress("forward", 1, total)
+    outputs = model.backend.explain(model_input.tensor)
+    lap("forward")
+    yield Progress("maps", 2, total)
+    maps: dict[str, ClassMaps] = {}
+    for method in methods:
+        grid = method.raw_maps(outputs.activations, outputs.gradients)
+        absolute = map_to_source(grid, model_input.geometry)
+        maps[method.name] = ClassMaps(method.name, absolute, normalize_per_class(absolute), grid)
+    lap("maps")
+    yield Progress("uncertainty", 3, total)
+    uncertainty, note = None, ""
+    if options.mc_samples <= 1:
+        note = "Monte-Carlo dropout was switched off for this analysis."
+    elif not model.backend.has_dropout:
+        note = "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
+    else:
+        samples = model.backend.mc_logits(outputs.head_input, options.mc_samples, options.seed)
+        uncertainty = UncertaintySummary.from_logit_samples(samples, options.confidence_threshold)
+    lap("uncertainty")
+    yield Progress("done", total, total)
+    bundle = model.bundle
+    return Analysis(
+        source=image.path,
+        frame=image.frame,
+        model_name=bundle.name,
+        model_version=bundle.version,
+        engine=model.engine,
+        classes=bundle.classes,
+        logits=outputs.logits,
+        probabilities=softmax(outputs.logits.astype(np.float64)).astype(np.float32),
+        maps=maps,
+        uncertainty=uncertainty,
+        uncertainty_note=note,
+        model_input=model_input,
+        timings=timings,
+    )
+
+
+def analyze(image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
+    steps = analysis_steps(image, model, options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

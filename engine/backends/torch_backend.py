@@ -1,0 +1,127 @@
+"""The PyTorch engine: one forward pass gives logits, the explained layer and every class's
+gradient; MC dropout re-runs only the head on features computed once.
+
+Gradients flow only through the layers after the explained one: the explained activation is
+detached in a hook and becomes the leaf that autograd differentiates against, and all classes'
+gradients come from one batched backward (``is_grads_batched``), not one backward per class.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..bundle import ModelBundle
+from ..errors import ModelBundleError
+from . import ForwardOutputs
+from .architectures import build_model, head_module_name, load_weights, target_layer_name
+
+
+class _Capture:
+    activation: torch.Tensor | None = None
+    head_input: torch.Tensor | None = None
+
+
+@contextmanager
+def capture_layers(model: nn.Module, target: nn.Module, head: nn.Module, detach_target: bool) -> Iterator[_Capture]:
+    """Hook the explained layer and the head for one forward; hooks are always removed."""
+    store = _Capture()
+
+    def on_target(_module, _inputs, output):
+        if detach_target:
+            output = output.detach().requires_grad_(True)
+        store.activation = output
+        return output
+
+    def on_head(_module, inputs):
+        store.head_input = inputs[0].detach()
+
+    handles = [target.register_forward_hook(on_target), head.register_forward_pre_hook(on_head)]
+    try:
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def dropout_active(module: nn.Module) -> Iterator[None]:
+    """Switch on only the dropout layers of ``module``; everything else keeps its mode."""
+    dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout)]
+    before = [m.training for m in dropouts]
+    for m in dropouts:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, mode in zip(dropouts, before):
+            m.train(mode)
+
+
+class TorchBackend:
+    engine = "torch"
+
+    def __init__(self, bundle: ModelBundle, model: nn.Module | None = None):
+        self.bundle = bundle
+        if model is None:
+            if bundle.weights is None:
+                raise ModelBundleError("this bundle has no safetensors weights for PyTorch", bundle.folder)
+            model = build_model(bundle)
+            load_weights(model, bundle)
+        self.model = model.eval()
+        # Lantern never trains here; parameters without grad keep autograd to the layers after
+        # the explained one.
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        try:
+            self.target = self.model.get_submodule(target_layer_name(bundle))
+            self.head = self.model.get_submodule(head_module_name(bundle))
+        except AttributeError as exc:
+            raise ModelBundleError(f"the manifest names a layer this model does not have: {exc}", bundle.folder) from exc
+        self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(batch)).numpy()
+
+    def explain(self, tensor: np.ndarray) -> ForwardOutputs:
+        x = torch.from_numpy(tensor)
+        with capture_layers(self.model, self.target, self.head, detach_target=True) as store:
+            with torch.enable_grad():
+                logits = self.model(x)
+                gradients = all_class_gradients(logits, store.activation)
+        return ForwardOutputs(
+            logits=logits[0].detach().numpy(),
+            activations=store.activation[0].detach().numpy(),
+            gradients=gradients[:, 0].numpy(),
+            head_input=store.head_input[0].numpy(),
+        )
+
+    def mc_logits(self, head_input: np.ndarray, samples: int, seed: int) -> np.ndarray:
+        if not self.has_dropout:
+            raise ValueError("this model has no dropout in its head")
+        features = torch.from_numpy(np.ascontiguousarray(head_input))[None].expand(samples, *head_input.shape)
+        # fork_rng: seeding for reproducible masks must not disturb anyone else's random stream.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(), dropout_active(self.head):
+            torch.manual_seed(seed)
+            return self.head(features.contiguous()).numpy()
+
+
+def all_class_gradients(logits: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """d logit_c / d activation for every class c: (C, B, K, h, w), one batched backward."""
+    n_classes = logits.shape[1]
+    eye = torch.eye(n_classes, dtype=logits.dtype)[:, None, :].expand(n_classes, logits.shape[0], n_classes)
+    try:
+        (grads,) = torch.autograd.grad(logits, activation, grad_outputs=eye, is_grads_batched=True)
+    except RuntimeError:
+        # Some layers have no batching rule for vmap; fall back to one backward per class
+        # (still only through the layers after the explained one).
+        grads = torch.stack([
+            torch.autograd.grad(logits, activation, grad_outputs=eye[c], retain_graph=c < n_classes - 1)[0]
+            for c in range(n_classes)
+        ])
+    return grads.detach()

@@ -1,0 +1,212 @@
+"""Model bundles: a folder with ``manifest.json`` and weights (safetensors, ONNX).
+
+Loading validates the manifest and resolves every path inside the bundle folder; it never
+imports torch and never unpickles anything. The manifest format is documented in
+``docs/model-bundle.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelBundleError
+from .files import write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+ARCHITECTURES = (
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "mobilenet_v3_large",
+)
+RESIZE_RULES = ("stretch", "letterbox", "center_crop")
+INTENSITY_RULES = ("percentile", "window", "minmax", "unit8")
+NORMALIZATIONS = {
+    # Name -> (mean, std) per channel; "xray" suits single-channel radiographs scaled to 0..1.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "xray": ((0.5,), (0.25,)),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a source image becomes the tensor the model expects."""
+
+    channels: int
+    size: tuple[int, int]  # (height, width)
+    resize: str = "letterbox"
+    intensity: str = "percentile"
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.25,)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The classifier head whose dropout Monte-Carlo uncertainty samples."""
+
+    module: str | None = None  # dotted name; None = the architecture's classifier
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    folder: Path
+    name: str
+    version: str
+    architecture: str
+    classes: tuple[str, ...]
+    input: InputSpec
+    head: HeadSpec
+    target_layer: str | None  # None = auto-detect (the last convolutional block)
+    weights: Path | None  # safetensors
+    onnx: dict[str, Path] = field(default_factory=dict)  # "fp32" / "int8" -> file
+    intended_use: str = ""
+    model_card: dict[str, Any] = field(default_factory=dict)
+    synthetic_demo: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _inside(folder: Path, relative: str, what: str) -> Path:
+    """Resolve a manifest path, refusing anything that escapes the bundle folder."""
+    if not isinstance(relative, str) or not relative:
+        raise ModelBundleError(f"{what} must be a file name inside the bundle", folder)
+    candidate = (folder / relative).resolve()
+    if not candidate.is_relative_to(folder.resolve()):
+        raise ModelBundleError(
+            f"{what} '{relative}' points outside the bundle folder; refusing to read it", folder
+        )
+    return candidate
+
+
+def _require(manifest: dict, key: str, kind: type, folder: Path):
+    if key not in manifest:
+        raise ModelBundleError(f"manifest.json has no '{key}'", folder)
+    value = manifest[key]
+    if not isinstance(value, kind):
+        raise ModelBundleError(f"manifest.json: '{key}' should be a {kind.__name__}", folder)
+    return value
+
+
+def _input_spec(raw: Any, folder: Path) -> InputSpec:
+    if not isinstance(raw, dict):
+        raise ModelBundleError("manifest.json: 'input' should be an object", folder)
+    channels = raw.get("channels")
+    if channels not in (1, 3):
+        raise ModelBundleError(f"input channels must be 1 or 3, not {channels!r}", folder)
+    size = raw.get("size")
+    if isinstance(size, int):
+        size = [size, size]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and 16 <= s <= 4096 for s in size)):
+        raise ModelBundleError(f"input size must be [height, width] between 16 and 4096, not {size!r}", folder)
+    resize = raw.get("resize", "letterbox")
+    if resize not in RESIZE_RULES:
+        raise ModelBundleError(f"unknown resize rule '{resize}' (known: {', '.join(RESIZE_RULES)})", folder)
+    intensity = raw.get("intensity", "percentile")
+    if intensity not in INTENSITY_RULES:
+        raise ModelBundleError(f"unknown intensity rule '{intensity}' (known: {', '.join(INTENSITY_RULES)})", folder)
+    norm = raw.get("normalization", "xray" if channels == 1 else "imagenet")
+    if isinstance(norm, str):
+        if norm not in NORMALIZATIONS:
+            raise ModelBundleError(f"unknown normalization '{norm}' (known: {', '.join(NORMALIZATIONS)})", folder)
+        mean, std = NORMALIZATIONS[norm]
+    elif isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        mean, std = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
+    else:
+        raise ModelBundleError("normalization must be a name or {'mean': [...], 'std': [...]}", folder)
+    if len(mean) == 1 and channels == 3:
+        mean, std = mean * 3, std * 3
+    if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
+        raise ModelBundleError(
+            f"normalization has {len(mean)} mean / {len(std)} std values for {channels} input channels", folder
+        )
+    return InputSpec(channels, (size[0], size[1]), resize, intensity, tuple(mean), tuple(std))
+
+
+def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
+    """Validate a manifest dictionary; every problem is a ModelBundleError in plain words."""
+    folder = Path(folder)
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelBundleError(
+            f"manifest format_version is {version!r}; this Lantern reads version {FORMAT_VERSION}", folder
+        )
+    name = _require(manifest, "name", str, folder)
+    model_version = str(manifest.get("version", "0"))
+    arch = _require(manifest, "architecture", str, folder)
+    if arch not in ARCHITECTURES:
+        raise ModelBundleError(
+            f"unknown architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})", folder
+        )
+    classes = _require(manifest, "classes", list, folder)
+    if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise ModelBundleError("'classes' must list at least two distinct class names", folder)
+    head_raw = manifest.get("head", {}) or {}
+    dropout = float(head_raw.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise ModelBundleError(f"head dropout must be in [0, 1), not {dropout}", folder)
+    head = HeadSpec(head_raw.get("module"), dropout)
+    weights = manifest.get("weights")
+    weights_path = _inside(folder, weights, "weights") if weights else None
+    if weights_path is not None and weights_path.suffix != ".safetensors":
+        raise ModelBundleError(
+            "weights must be a .safetensors file (pickled checkpoints are never loaded; "
+            "convert with 'lantern-engine bundle')",
+            folder,
+        )
+    onnx = {k: _inside(folder, v, f"onnx model '{k}'") for k, v in (manifest.get("onnx") or {}).items()}
+    if weights_path is None and not onnx:
+        raise ModelBundleError("the bundle names no weights and no ONNX model", folder)
+    return ModelBundle(
+        folder=folder,
+        name=name,
+        version=model_version,
+        architecture=arch,
+        classes=tuple(classes),
+        input=_input_spec(manifest.get("input"), folder),
+        head=head,
+        target_layer=manifest.get("target_layer"),
+        weights=weights_path,
+        onnx=onnx,
+        intended_use=str(manifest.get("intended_use", "")),
+        model_card=dict(manifest.get("model_card") or {}),
+        synthetic_demo=bool(manifest.get("synthetic_demo", False)),
+        manifest=manifest,
+    )
+
+
+def load_bundle(folder: str | Path) -> ModelBundle:
+    folder = Path(folder)
+    if folder.is_file() and folder.name == MANIFEST_NAME:
+        folder = folder.parent
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelBundleError("this folder is not a model bundle (no manifest.json)", folder)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelBundleError(f"manifest.json could not be read: {exc}", folder) from exc
+    if not isinstance(manifest, dict):
+        raise ModelBundleError("manifest.json must hold a JSON object", folder)
+    bundle = parse_manifest(manifest, folder)
+    for label, file in [("weights", bundle.weights), *bundle.onnx.items()]:
+        if file is not None and not file.is_file():
+            raise ModelBundleError(f"{label} file '{file.name}' is missing from the bundle", folder)
+    return bundle
+
+
+def update_manifest(bundle: ModelBundle, **changes: Any) -> ModelBundle:
+    """Rewrite the bundle's manifest with some keys changed and return the re-validated bundle."""
+    manifest = {**bundle.manifest, **changes}
+    parse_manifest(manifest, bundle.folder)
+    write_json_atomic(bundle.folder / MANIFEST_NAME, manifest)
+    return load_bundle(bundle.folder)
