@@ -1,0 +1,60 @@
+"""Shared test setup. GUI tests run headless: the offscreen Qt platform is chosen here, before
+pytest-qt creates the QApplication, so nobody has to set it by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Settings written by the viewer under test must not touch the user's own.
+os.environ.setdefault("XDG_CONFIG_HOME", str(Path(__file__).parent / ".." / ".pytest_cache" / "config"))
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_BUNDLE = ROOT / "resources" / "models" / "demo"
+DEMO_STUDIES = ROOT / "resources" / "studies"
+
+
+def make_bundle(folder: Path, *, architecture="resnet18", classes=("normal", "nodule", "effusion"),
+                channels=1, size=64, dropout=0.3, seed=0, **manifest_extra) -> Path:
+    """A small bundle with random (seeded) weights, written the way users' bundles are."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.backends.architectures import build_model
+    from engine.bundle import parse_manifest
+
+    manifest = {
+        "format_version": 1, "name": "tiny-test-model", "version": "0.0.1",
+        "architecture": architecture, "classes": list(classes),
+        "input": {"channels": channels, "size": [size, size], "resize": "letterbox"},
+        "head": {"dropout": dropout}, "weights": "model.safetensors",
+        "intended_use": "Tests only.", **manifest_extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_model(parse_manifest(manifest, folder))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_bundle() -> Path:
+    if not (DEMO_BUNDLE / "manifest.json").is_file():
+        pytest.skip("the demo bundle has not been trained yet (make demo-model)")
+    return DEMO_BUNDLE
+
+
+@pytest.fixture(scope="session")
+def demo_studies() -> Path:
+    return DEMO_STUDIES
