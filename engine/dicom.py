@@ -1,0 +1,605 @@
+"""DICOM decoding details behind :func:`engine.images.load_image`.
+
+The header is read first (``stop_before_pixels``) and checked against the file and a memory
+cap; only then is the one requested frame decoded, straight from the open file, by pydicom's
+pixel decoders (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000 and RLE).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    as_pixel_options,
+    convert_color_space,
+    get_decoder,
+)
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from engine.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
+from engine.images import DicomTag, ImageMetadata, SourceImage, Window, percentile_window
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 1 << 30  # the decoded frame, as float32 (or uint8 RGB)
+MAX_DECLARED_BYTES = 1 << 31  # all frames as the header declares them, stored size
+
+_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+_MAX_VALUE_CHARS = 120
+_MAX_TAG_ROWS = 5000  # enhanced multi-frame headers can hold millions of elements
+
+# First (group) values of a DICOM data set written without preamble or file meta.
+_RAW_DATASET_GROUPS = {0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """True when the first bytes are a DICOM preamble or a bare little/big endian data set."""
+    if head[128:132] == b"DICM" or head[:4] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    group_le, group_be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
+    return group_le in _RAW_DATASET_GROUPS or group_be in _RAW_DATASET_GROUPS
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """Where the pixel data element's value starts in the file, and its declared length."""
+
+    keyword: str
+    vr: str | None
+    value_offset: int
+    length: int | None  # None = undefined length (encapsulated)
+
+
+def load_dicom(path: Path, frame: int) -> SourceImage:
+    """Decode one frame of a DICOM file; see :func:`engine.images.load_image`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with open(path, "rb") as f:
+                return _load_open_file(path, f, frame)
+        finally:
+            for w in caught:  # pydicom's tolerance notes: useful in the log, noise in the UI
+                log.debug("%s: %s", path.name, w.message)
+
+
+def read_header(f: BinaryIO, path: Path) -> Dataset:
+    """The data set up to its pixel data, with a transfer syntax always set in file_meta."""
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+    except InvalidDicomError:
+        f.seek(0)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        if not _has_known_elements(ds):
+            raise ImageLoadError("not an image file Lantern knows (DICOM, PNG, JPEG or TIFF)", path) from None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if not meta.get("TransferSyntaxUID"):
+        # No file meta: the encoding pydicom detected tells the syntax (implicit LE is usual).
+        implicit, little = ds.original_encoding
+        if implicit or implicit is None:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        else:
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    return ds
+
+
+def _has_known_elements(ds: Dataset) -> bool:
+    """A forced read of random bytes yields junk tags; a real data set has standard ones."""
+    try:
+        return any(tag in pydicom.datadict.DicomDictionary and 0x0008 <= tag.group <= 0x0028 for tag in ds.keys())
+    except Exception:  # junk bytes can fail while being parsed lazily too
+        return False
+
+
+def _load_open_file(path: Path, f: BinaryIO, frame: int) -> SourceImage:
+    file_size = os.fstat(f.fileno()).st_size
+    try:
+        ds = read_header(f, path)
+        header_end = f.tell()
+    except (EOFError, struct.error) as exc:
+        raise ImageLoadError("the file ends in the middle of its header (truncated?)", path) from exc
+    except ImageLoadError:
+        raise
+    except Exception as exc:
+        raise ImageLoadError(f"the DICOM header could not be read: {exc}", path) from exc
+
+    tsyntax = UID(ds.file_meta.TransferSyntaxUID)
+    if tsyntax == DeflatedExplicitVRLittleEndian:
+        # The data set is zlib-compressed: offsets in the file mean nothing, read it whole.
+        full = _read_whole(path, f)
+        element = _element_in_dataset(full)
+        if element is None:
+            raise NotAnImageError(describe_non_image(ds), path)
+        _check_sizes(path, ds, element, file_size=None)
+        n_frames = number_of_frames(ds)
+        _check_frame(path, frame, n_frames)
+        arr, photometric = _decode(path, full, tsyntax, frame, element, ds)
+    else:
+        element = _locate_pixel_element(f, ds, header_end)
+        if element is None:
+            raise NotAnImageError(describe_non_image(ds), path)
+        _check_sizes(path, ds, element, file_size=file_size)
+        n_frames = number_of_frames(ds)
+        _check_frame(path, frame, n_frames)
+        f.seek(element.value_offset)
+        arr, photometric = _decode(path, f, tsyntax, frame, element, ds)
+
+    return _to_source_image(path, ds, arr, photometric, frame, element, tsyntax)
+
+
+def _read_whole(path: Path, f: BinaryIO) -> Dataset:
+    f.seek(0)
+    try:
+        return pydicom.dcmread(f, force=True)
+    except Exception as exc:
+        raise ImageLoadError(f"the compressed (deflated) data set could not be read: {exc}", path) from exc
+
+
+def _element_in_dataset(ds: Dataset) -> PixelElement | None:
+    for tag, keyword in _PIXEL_TAGS.items():
+        if tag in ds:
+            elem = ds[tag]
+            length = None if elem.is_undefined_length else len(elem.value or b"")
+            return PixelElement(keyword, elem.VR, 0, length)
+    return None
+
+
+def _locate_pixel_element(f: BinaryIO, ds: Dataset, header_end: int) -> PixelElement | None:
+    """Parse the pixel data element header at ``header_end`` (where pydicom stopped).
+
+    The encoding pydicom actually found wins over the declared syntax: some files say explicit
+    VR but are written implicit.
+    """
+    f.seek(header_end)
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    implicit, little = ds.original_encoding
+    tsyntax = UID(ds.file_meta.TransferSyntaxUID)
+    implicit = tsyntax.is_implicit_VR if implicit is None else implicit
+    little = tsyntax.is_little_endian if little is None else little
+    endian = "<" if little else ">"
+    group, elem = struct.unpack(f"{endian}HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in _PIXEL_TAGS:
+        return None
+    if not implicit and not head[4:6].isalpha():
+        implicit = True  # declared explicit, written implicit: no VR letters after the tag
+    if implicit:
+        vr = None
+        (length,) = struct.unpack(f"{endian}L", head[4:8])
+        value_offset = header_end + 8
+    else:
+        vr = head[4:6].decode("ascii", "replace")
+        extra = f.read(4)
+        if len(extra) < 4:
+            raise EOFError("pixel data element header cut short")
+        (length,) = struct.unpack(f"{endian}L", extra)
+        value_offset = header_end + 12
+    return PixelElement(_PIXEL_TAGS[tag], vr, value_offset, None if length == _UNDEFINED_LENGTH else length)
+
+
+def number_of_frames(ds: Dataset) -> int:
+    try:
+        n = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        n = 1
+    return max(n, 1)
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _check_sizes(path: Path, ds: Dataset, element: PixelElement, file_size: int | None) -> None:
+    """Refuse, before any allocation, headers that declare more than memory or the file holds."""
+    rows, cols = _int_attr(ds, "Rows"), _int_attr(ds, "Columns")
+    bits = _int_attr(ds, "BitsAllocated")
+    if not rows or not cols or not bits:
+        missing = [k for k, v in (("Rows", rows), ("Columns", cols), ("BitsAllocated", bits)) if not v]
+        raise ImageLoadError(f"the image header is incomplete (missing {', '.join(missing)})", path)
+    samples = _int_attr(ds, "SamplesPerPixel", 1) or 1
+    frames = number_of_frames(ds)
+    pixels = rows * cols * samples
+    declared = pixels * frames * bits / 8
+    decoded_frame = pixels * 4
+    if declared > MAX_DECLARED_BYTES:
+        raise ImageTooLargeError(
+            f"the header declares {frames} frame(s) of {cols} x {rows} pixels "
+            f"({declared / 2**30:.1f} GiB), more than Lantern will read", path)
+    if decoded_frame > MAX_FRAME_BYTES:
+        raise ImageTooLargeError(
+            f"one frame of {cols} x {rows} pixels needs {decoded_frame / 2**30:.1f} GiB "
+            "of memory, more than Lantern allows", path)
+    if element.length is None:
+        return
+    if file_size is not None and element.value_offset + element.length > file_size:
+        raise ImageLoadError("the file ends before its pixel data does (truncated?)", path)
+    tsyntax = UID(ds.file_meta.TransferSyntaxUID)
+    if tsyntax.is_compressed:
+        return
+    expected = declared
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        expected = expected * 2 / 3
+    if bits == 1:
+        expected = -(-pixels * frames // 8)
+    if int(expected) > element.length:
+        raise ImageTooLargeError(
+            f"the header declares {frames} frame(s) of {cols} x {rows} pixels "
+            f"({int(expected)} bytes) but the file holds only {element.length} bytes of pixel data",
+            path)
+
+
+def _check_frame(path: Path, frame: int, n_frames: int) -> None:
+    if not 0 <= frame < n_frames:
+        count = "1 frame" if n_frames == 1 else f"{n_frames} frames"
+        raise ImageLoadError(f"frame {frame + 1} was asked for but the file holds {count}", path)
+
+
+def _decode(path: Path, src, tsyntax: UID, frame: int, element: PixelElement, ds: Dataset):
+    """The requested frame as decoded by pydicom, and the photometric it ended up in."""
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise ImageLoadError(f"its pixel data is stored as {tsyntax.name}, which Lantern cannot decode", path) from exc
+    if not decoder.is_available:
+        raise ImageLoadError(
+            f"compressed with {tsyntax.name} but no decoder for it is installed", path)
+    try:
+        if isinstance(src, Dataset):
+            opts = as_pixel_options(src)
+        else:
+            opts = as_pixel_options(ds, transfer_syntax_uid=tsyntax, pixel_keyword=element.keyword)
+            if element.vr:
+                opts["pixel_vr"] = element.vr
+        arr, props = decoder.as_array(src, index=frame, validate=True, raw=False, **opts)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if tsyntax.is_compressed:
+            reason = f"compressed with {tsyntax.name} but no decoder could read it: {exc}"
+        else:
+            reason = f"its pixel data could not be decoded: {exc}"
+        raise ImageLoadError(reason, path) from exc
+    photometric = str(props.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "")).strip()
+    return arr, photometric
+
+
+# --- pixels -> SourceImage -----------------------------------------------------------------
+
+
+def _functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The per-frame (else shared) functional group item of an enhanced multi-frame image."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq and len(seq) > index:
+            inner = seq[index].get(sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+_PIXEL_MODULE_KEYWORDS = (
+    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+)
+
+
+def _frame_pixel_module(ds: Dataset, frame: int) -> Dataset:
+    """A small data set with the pixel module and the frame's own rescale values."""
+    small = Dataset()
+    small.file_meta = ds.file_meta
+    small.set_original_encoding(*ds.original_encoding)
+    for keyword in _PIXEL_MODULE_KEYWORDS:
+        if keyword in ds:
+            small[keyword] = ds[keyword]
+    transform = _functional_item(ds, frame, "PixelValueTransformationSequence")
+    if transform is not None and "RescaleSlope" in transform and "RescaleIntercept" in transform:
+        small.RescaleSlope = transform.RescaleSlope
+        small.RescaleIntercept = transform.RescaleIntercept
+    return small
+
+
+def _stored_range(ds: Dataset) -> tuple[int, int]:
+    bits = _int_attr(ds, "BitsStored") or _int_attr(ds, "BitsAllocated") or 16
+    if _int_attr(ds, "PixelRepresentation", 0) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """True where the stored value is Pixel Padding (Value, or the range up to the Limit)."""
+    value = _int_attr(ds, "PixelPaddingValue")
+    if value is None or raw.dtype.kind not in "iu":
+        return None
+    limit = _int_attr(ds, "PixelPaddingRangeLimit")
+    bits = _int_attr(ds, "BitsAllocated") or 16
+    signed = _int_attr(ds, "PixelRepresentation", 0) == 1
+
+    def as_stored(v: int) -> int:  # an SS value read as US (implicit VR) wraps around
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+
+    value = as_stored(value)
+    if limit is None:
+        mask = raw == value
+    else:
+        lo, hi = sorted((value, as_stored(limit)))
+        mask = (raw >= lo) & (raw <= hi)
+    return mask if mask.any() else None
+
+
+def _file_window(ds: Dataset, frame: int) -> Window | None:
+    """The first VOI the file declares, in modality units; from a VOI LUT if that is all."""
+    voi = _functional_item(ds, frame, "FrameVOILUTSequence") or ds
+    center, width = voi.get("WindowCenter"), voi.get("WindowWidth")
+    if center is not None and width is not None:
+        try:
+            center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+            width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        except (TypeError, ValueError, IndexError):
+            center = width = None
+        if center is not None and width is not None and width > 0 and np.isfinite([center, width]).all():
+            return Window(center, width)
+    if ds.get("VOILUTSequence"):
+        return _window_from_voi_lut(ds)
+    return None
+
+
+def _window_from_voi_lut(ds: Dataset) -> Window | None:
+    """The input range over which the VOI LUT actually changes, as a linear window."""
+    item = ds.VOILUTSequence[0]
+    try:
+        n_entries, first, _depth = (int(v) for v in item.LUTDescriptor)
+        n_entries = n_entries or 1 << 16
+        data = item.LUTData
+        if isinstance(data, bytes):
+            endian = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
+            lut = np.frombuffer(data, dtype=f"{endian}u2")[:n_entries]
+        else:
+            lut = np.asarray(data if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else [data])
+    except (AttributeError, TypeError, ValueError) as exc:
+        log.debug("unusable VOI LUT: %s", exc)
+        return None
+    if lut.size < 2 or lut.min() == lut.max():
+        return None
+    rising = np.flatnonzero(np.diff(lut.astype(np.int64)) != 0)
+    low, high = first + int(rising[0]), first + int(rising[-1]) + 1
+    return Window((low + high) / 2, max(high - low, 1))
+
+
+def _grayscale(raw: np.ndarray, ds: Dataset, frame: int, photometric: str):
+    module = _frame_pixel_module(ds, frame)
+    mask = padding_mask(raw, ds)
+    pixels = np.asarray(apply_modality_lut(raw, module), dtype=np.float32)
+    window = _file_window(ds, frame)
+    if photometric == "MONOCHROME1":
+        # Invert about the range the stored values can span, so modality values keep scale.
+        if raw.dtype.kind in "iu":
+            lo, hi = _stored_range(ds)
+            ends = np.asarray(apply_modality_lut(np.array([lo, hi], dtype=np.int64), module), dtype=np.float64)
+            reference = float(ends.min() + ends.max())
+        else:
+            reference = float(np.nanmin(pixels) + np.nanmax(pixels))
+        pixels = np.float32(reference) - pixels
+        if window is not None:
+            window = Window(reference - window.center, window.width)
+    if window is None:
+        window = percentile_window(pixels, mask)
+    return pixels, window, mask
+
+
+def _to_rgb8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
+        arr = convert_color_space(arr, photometric, "RGB")
+    if arr.dtype != np.uint8:
+        bits = _int_attr(ds, "BitsStored") or arr.dtype.itemsize * 8
+        shift = max(bits - 8, 0)
+        arr = np.clip(arr.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def _palette_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    rgb = apply_color_lut(raw, ds)
+    if rgb.dtype != np.uint8:
+        rgb = (rgb >> 8).astype(np.uint8) if rgb.max() > 255 else rgb.astype(np.uint8)
+    return np.ascontiguousarray(rgb[..., :3])
+
+
+def _to_source_image(path, ds, arr, photometric, frame, element, tsyntax) -> SourceImage:
+    mask = None
+    try:
+        if photometric == "PALETTE COLOR":
+            pixels, window = _palette_to_rgb8(arr, ds), Window(127.5, 255.0)
+        elif arr.ndim == 3:
+            pixels, window = _to_rgb8(arr, ds, photometric), Window(127.5, 255.0)
+        else:
+            pixels, window, mask = _grayscale(arr, ds, frame, photometric)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise ImageLoadError(f"the pixel values could not be converted for display: {exc}", path) from exc
+    if not np.isfinite(window.center) or not np.isfinite(window.width):
+        window = Window(0.0, 1.0)
+    return SourceImage(
+        path=path,
+        pixels=pixels,
+        window=window,
+        metadata=image_metadata(ds, frame),
+        frame=frame,
+        tags=tag_rows(ds, element, tsyntax),
+        padding_mask=mask,
+    )
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+    except Exception as exc:  # a malformed value must not cost the whole image
+        log.debug("unreadable %s: %s", keyword, exc)
+        return ""
+    return "" if value is None else str(value).strip()
+
+
+def _spacing(ds: Dataset, frame: int) -> tuple[float, float] | None:
+    measures = _functional_item(ds, frame, "PixelMeasuresSequence")
+    for source, keyword in ((ds, "PixelSpacing"), (measures, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
+        if source is None:
+            continue
+        value = source.get(keyword)
+        try:
+            if value is not None and len(value) == 2:
+                row, col = float(value[0]), float(value[1])
+                if row > 0 and col > 0:
+                    return row, col
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def image_metadata(ds: Dataset, frame: int = 0) -> ImageMetadata:
+    return ImageMetadata(
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        photometric=_text(ds, "PhotometricInterpretation"),
+        pixel_spacing=_spacing(ds, frame),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        instance_number=_int_attr(ds, "InstanceNumber"),
+        rows=_int_attr(ds, "Rows", 0) or 0,
+        columns=_int_attr(ds, "Columns", 0) or 0,
+        frames=number_of_frames(ds),
+    )
+
+
+def _shorten(text: str) -> str:
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
+
+
+def _value_text(elem) -> str:
+    if elem.VR in _BINARY_VRS or isinstance(elem.value, (bytes, bytearray)):
+        size = elem.length if elem.length != _UNDEFINED_LENGTH else len(elem.value or b"")
+        return f"<{size} bytes of binary data>"
+    value = elem.value
+    if isinstance(value, pydicom.multival.MultiValue):
+        return _shorten("\\".join(str(v) for v in value))
+    return _shorten("" if value is None else str(value))
+
+
+def _tag_text(tag) -> str:
+    return f"({tag.group:04X},{tag.element:04X})"
+
+
+def tag_rows(ds: Dataset, element: PixelElement | None = None, tsyntax: UID | None = None) -> tuple[DicomTag, ...]:
+    """Every element as one row, sequence items indented with "> " per level; no pixel bytes."""
+    rows: list[DicomTag] = []
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _append_rows(rows, meta, depth=0)
+    _append_rows(rows, ds, depth=0)
+    if element is not None:
+        length = "undefined length" if element.length is None else f"{element.length} bytes"
+        how = f", {tsyntax.name}" if tsyntax is not None else ""
+        rows.append(DicomTag("(7FE0,0010)" if element.keyword == "PixelData" else element.keyword,
+                             element.keyword, element.vr or "", f"<pixel data: {length}{how}>"))
+    return tuple(rows)
+
+
+def _append_rows(rows: list[DicomTag], ds: Dataset, depth: int) -> None:
+    prefix = "> " * depth
+    for tag in ds.keys():
+        if len(rows) >= _MAX_TAG_ROWS:
+            if not rows[-1].value.startswith("<list shortened"):
+                rows.append(DicomTag("", "", "", f"<list shortened to {_MAX_TAG_ROWS} rows>"))
+            return
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # unreadable value: show why instead of hiding the row
+            rows.append(DicomTag(prefix + _tag_text(tag), "", "", f"<unreadable: {exc}>"))
+            continue
+        keyword = "" if elem.tag.is_private else elem.keyword
+        if elem.VR == "SQ":
+            items = elem.value or []
+            rows.append(DicomTag(prefix + _tag_text(elem.tag), keyword, "SQ", f"{len(items)} item(s)"))
+            for number, item in enumerate(items, start=1):
+                rows.append(DicomTag(prefix + "> (FFFE,E000)", "Item", "", f"#{number}"))
+                _append_rows(rows, item, depth + 1)
+            continue
+        try:
+            value = _value_text(elem)
+        except Exception as exc:
+            value = f"<unreadable: {exc}>"
+        rows.append(DicomTag(prefix + _tag_text(elem.tag), keyword, str(elem.VR), value))
+
+
+# --- what a file without pixels holds --------------------------------------------------------
+
+_KIND_BY_WORD = (
+    ("Media Storage Directory", "a DICOMDIR (the index of a DICOM folder): open the folder instead"),
+    ("SR Storage", "a structured report"),
+    ("Waveform", "a waveform (ECG or other signal)"),
+    ("ECG", "a waveform (ECG)"),
+    ("RT Plan", "an RT Plan (radiotherapy plan)"),
+    ("RT Structure Set", "an RT Structure Set (contours)"),
+    ("RT Dose", "an RT Dose without dose grid"),
+    ("Presentation State", "a presentation state (display settings for other images)"),
+    ("Encapsulated PDF", "a PDF document"),
+    ("Key Object Selection", "a key object selection (a list of flagged images)"),
+    ("Raw Data", "raw acquisition data"),
+    ("Spectroscopy", "spectroscopy data"),
+    ("Segmentation", "a segmentation without pixel data"),
+)
+
+
+def describe_non_image(ds: Dataset) -> str:
+    """Plain words for a DICOM file with no pixel data, from its SOP Class when known."""
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    name = UID(sop_class).name if sop_class else ""
+    if "DirectoryRecordSequence" in ds:
+        name = name or "Media Storage Directory Storage"
+    for word, kind in _KIND_BY_WORD:
+        if word in name:
+            return f"this DICOM file holds {kind}, not an image"
+    if name.endswith("Image Storage"):
+        return f"this DICOM file is a {name.removesuffix(' Storage')} without pixel data (stripped?)"
+    if name and name != sop_class:
+        return f"this DICOM file holds a '{name.removesuffix(' Storage')}' object, not an image"
+    return "this DICOM file holds no pixel data (it is not an image)"
