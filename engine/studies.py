@@ -1,0 +1,240 @@
+"""Study and series scanning: what a file, a folder or a DICOMDIR holds, from headers only.
+
+API: ``scan_studies(path) -> ScanResult``. ``ScanResult.studies`` is a tuple of :class:`Study`
+(sorted by date, then description), each with its :class:`Series` sorted by Series Number and
+their :class:`ImageRef` sorted by Instance Number. ``ScanResult.skipped`` lists every file that
+is neither a DICOM image nor a PNG/JPEG/TIFF, with the reason in plain words. A ScanResult also
+iterates, indexes and counts like the list of its studies.
+
+PNG/JPEG/TIFF files form one pseudo-study per folder (study and series UIDs ``"folder:<path>"``).
+A DICOMDIR is read through pydicom's FileSet; the files it lists are then read like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileSet
+
+from engine.dicom import describe_non_image, looks_like_dicom, number_of_frames
+from engine.images import RASTER_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+_HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientName",
+    "PatientID", "StudyDate", "StudyDescription", "SeriesDescription", "SeriesNumber", "Modality",
+    "InstanceNumber", "NumberOfFrames", "Rows", "Columns", "DirectoryRecordSequence",
+]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image file (all its frames) as found on disk."""
+
+    path: Path
+    frames: int
+    instance_number: int | None
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Series:
+    series_uid: str
+    description: str
+    modality: str
+    images: tuple[ImageRef, ...]
+    number: int | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    study_uid: str
+    patient_name: str
+    patient_id: str
+    study_date: str
+    description: str
+    series: tuple[Series, ...]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    studies: tuple[Study, ...]
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def __iter__(self):
+        return iter(self.studies)
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, index: int) -> Study:
+        return self.studies[index]
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One image file's header values, before grouping."""
+
+    ref: ImageRef
+    study_uid: str
+    patient_name: str
+    patient_id: str
+    study_date: str
+    study_description: str
+    series_uid: str
+    series_description: str
+    series_number: int | None
+    modality: str
+
+
+def scan_studies(path: str | Path) -> ScanResult:
+    """Group the images under ``path`` (a file, a folder searched recursively, or a DICOMDIR)."""
+    path = Path(path)
+    if not path.exists():
+        return ScanResult((), ((path, "does not exist"),))
+    found: list[_Found] = []
+    skipped: list[tuple[Path, str]] = []
+    if path.is_dir():
+        files = _walk(path, skipped)
+    else:
+        files = [path]
+    for file in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's tolerance notes; the file is judged below
+            _scan_file(file, found, skipped, expand_dicomdir=not path.is_dir())
+    return ScanResult(_group(found), tuple(skipped))
+
+
+def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    def report(exc: OSError) -> None:
+        skipped.append((Path(exc.filename or folder), f"folder could not be read: {exc.strerror}"))
+
+    files = []
+    for root, dirs, names in os.walk(folder, onerror=report):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+def _scan_file(path: Path, found: list[_Found], skipped: list[tuple[Path, str]], expand_dicomdir: bool) -> None:
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        found.append(_raster_entry(path))
+        return
+    try:
+        ds = _read_header(path)
+    except OSError as exc:
+        skipped.append((path, f"could not be read: {exc.strerror or exc}"))
+        return
+    except Exception as exc:  # any parse failure means: not a DICOM file we can list
+        log.debug("%s: not DICOM: %s", path, exc)
+        skipped.append((path, "not a DICOM or image file"))
+        return
+    if ds is None:
+        skipped.append((path, "not a DICOM or image file"))
+        return
+    if "DirectoryRecordSequence" in ds:
+        if expand_dicomdir:
+            _scan_dicomdir(path, found, skipped)
+        else:
+            skipped.append((path, "DICOMDIR index (the files it lists are scanned directly)"))
+        return
+    if "Rows" not in ds:
+        skipped.append((path, describe_non_image(ds)))
+        return
+    found.append(_dicom_entry(path, ds))
+
+
+def _read_header(path: Path) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except InvalidDicomError:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if not looks_like_dicom(head):
+            return None
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
+        return ds if "SOPInstanceUID" in ds or "Rows" in ds else None
+
+
+def _scan_dicomdir(path: Path, found: list[_Found], skipped: list[tuple[Path, str]]) -> None:
+    try:
+        fileset = FileSet(pydicom.dcmread(path))
+    except Exception as exc:
+        skipped.append((path, f"DICOMDIR could not be read: {exc}"))
+        return
+    for instance in fileset:
+        listed = Path(instance.path)
+        if not listed.is_file():
+            skipped.append((listed, "listed in the DICOMDIR but missing"))
+            continue
+        _scan_file(listed, found, skipped, expand_dicomdir=False)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_entry(path: Path, ds: Dataset) -> _Found:
+    study_uid = _text(ds, "StudyInstanceUID") or f"folder:{path.parent}"
+    return _Found(
+        ref=ImageRef(path, number_of_frames(ds), _int(ds, "InstanceNumber"), _text(ds, "SOPInstanceUID")),
+        study_uid=study_uid,
+        patient_name=_text(ds, "PatientName"),
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        series_uid=_text(ds, "SeriesInstanceUID") or study_uid,
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        modality=_text(ds, "Modality"),
+    )
+
+
+def _raster_entry(path: Path) -> _Found:
+    folder_uid = f"folder:{path.parent}"
+    return _Found(
+        ref=ImageRef(path, 1, None, ""),
+        study_uid=folder_uid, patient_name="", patient_id="", study_date="",
+        study_description=path.parent.name, series_uid=folder_uid,
+        series_description=path.parent.name, series_number=None, modality="",
+    )
+
+
+def _group(found: list[_Found]) -> tuple[Study, ...]:
+    by_study: dict[str, list[_Found]] = defaultdict(list)
+    for entry in found:
+        by_study[entry.study_uid].append(entry)
+    studies = [_study(uid, entries) for uid, entries in by_study.items()]
+    return tuple(sorted(studies, key=lambda s: (s.study_date, s.description, s.study_uid)))
+
+
+def _study(uid: str, entries: list[_Found]) -> Study:
+    by_series: dict[str, list[_Found]] = defaultdict(list)
+    for entry in entries:
+        by_series[entry.series_uid].append(entry)
+    series = []
+    for series_uid, members in by_series.items():
+        images = sorted((m.ref for m in members), key=lambda r: (r.instance_number is None, r.instance_number or 0, str(r.path)))
+        first = members[0]
+        series.append(Series(series_uid, first.series_description, first.modality, tuple(images), first.series_number))
+    series.sort(key=lambda s: (s.number is None, s.number or 0, s.description, s.series_uid))
+    first = entries[0]
+    return Study(uid, first.patient_name, first.patient_id, first.study_date, first.study_description, tuple(series))
