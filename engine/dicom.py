@@ -128,7 +128,9 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int) -> SourceImage:
 
     tsyntax = UID(ds.file_meta.TransferSyntaxUID)
     if tsyntax == DeflatedExplicitVRLittleEndian:
-        # The data set is zlib-compressed: offsets in the file mean nothing, read it whole.
+        # The data set is zlib-compressed: offsets in the file mean nothing, read it whole,
+        # but only once the header's declared size is known to be acceptable.
+        _check_sizes(path, ds, PixelElement("PixelData", None, 0, None), file_size=None)
         full = _read_whole(path, f)
         element = _element_in_dataset(full)
         if element is None:
@@ -538,8 +540,9 @@ def tag_rows(ds: Dataset, element: PixelElement | None = None, tsyntax: UID | No
     if element is not None:
         length = "undefined length" if element.length is None else f"{element.length} bytes"
         how = f", {tsyntax.name}" if tsyntax is not None else ""
-        rows.append(DicomTag("(7FE0,0010)" if element.keyword == "PixelData" else element.keyword,
-                             element.keyword, element.vr or "", f"<pixel data: {length}{how}>"))
+        tag = next(t for t, k in _PIXEL_TAGS.items() if k == element.keyword)
+        rows.append(DicomTag(f"({tag >> 16:04X},{tag & 0xFFFF:04X})", element.keyword, element.vr or "",
+                             f"<pixel data: {length}{how}>"))
     return tuple(rows)
 
 

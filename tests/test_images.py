@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -338,11 +337,17 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path):
+def test_unreadable_file(tmp_path, monkeypatch):
     path = write_image(tmp_path / "locked.dcm", gradient(np.uint16, shape=(4, 4)))
-    path.chmod(0)
-    with pytest.raises(ImageLoadError, match="permission"):
+    real_open = open
+
+    def guarded_open(file, *args, **kwargs):  # chmod 0 does not stop root, so deny here
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", guarded_open)
+    with pytest.raises(ImageLoadError, match=r"^locked\.dcm: permission denied"):
         load_image(path)
 
 
@@ -352,3 +357,18 @@ def test_source_file_is_left_untouched(tmp_path):
     image = load_image(path)
     assert isinstance(image, SourceImage)
     assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+
+
+def test_deflated_file_opens_and_huge_deflated_header_is_refused(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    raw = gradient(np.uint16, shape=(8, 8))
+    path = write_image(tmp_path / "dfl.dcm", raw)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    np.testing.assert_array_equal(load_image(path).pixels, raw)
+    ds.Rows = ds.Columns = 60000
+    ds.save_as(path)
+    with pytest.raises(ImageTooLargeError, match=r"^dfl\.dcm: "):
+        load_image(path)
