@@ -120,25 +120,27 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
     a = np.abs(u)
 
     # ---- per-image anatomy parameters --------------------------------------------------
-    lung_w = uniform(0.27, 0.33)
-    lung_h = uniform(0.58, 0.68)
-    lung_cu = uniform(0.37, 0.42)
-    lung_cv = uniform(-0.14, -0.06)
+    lung_w = uniform(0.29, 0.35)
+    lung_h = uniform(0.60, 0.70)
+    lung_cu = uniform(0.39, 0.44)
+    lung_cv = uniform(-0.10, -0.03)
     dome_r = lung_cv + lung_h * uniform(0.50, 0.62)  # top of the right (image-left) dome
     dome_l = dome_r + uniform(0.02, 0.08)  # the left dome sits lower
     dome_k = uniform(0.18, 0.28)
     rib_sp = uniform(0.095, 0.12)
-    rib_k = uniform(0.6, 0.9)
+    rib_k = uniform(1.0, 1.5)
     rib_m = uniform(0.3, 0.42)
     rib_q0 = uniform(-1.0, -0.9)
     rib_w = uniform(0.32, 0.42)  # rib thickness as a fraction of the spacing
     rib_gain = uniform(0.035, 0.065)
-    heart_cu = uniform(0.07, 0.13)
-    heart_w = uniform(0.27, 0.33)
-    heart_h = uniform(0.22, 0.28)
-    heart_cv = dome_l - heart_h * uniform(0.1, 0.4)
+    heart_cu = uniform(0.12, 0.17)
+    heart_w = uniform(0.29, 0.34)
+    heart_h = uniform(0.2, 0.25)
+    heart_cv = dome_l - heart_h * uniform(0.2, 0.5)
+    heart_tilt = uniform(0.25, 0.5)  # long axis down towards the image-right apex
     body_w = uniform(0.76, 0.86)
     neck_w = uniform(0.16, 0.21)
+    arm_gap = uniform(0.02, 0.08)
 
     # ---- body outline: neck, shoulders, torso --------------------------------------------
     shoulder = np.sqrt(np.clip((v + 1.08) * (1.0 / 0.32), 0.0, 1.0))
@@ -146,6 +148,10 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
     body = _ramp(half_w - a, 0.04)
     thick = np.sqrt(np.clip(1.0 - (u / half_w) ** 2, 0.0, 1.0))
     att = body * (0.45 + 0.28 * thick)
+    # upper arms beside the torso, separated by a dark gap
+    arm_c = body_w + 0.08 + arm_gap + 0.09
+    arm = _ramp(0.08 - np.abs(a - arm_c), 0.04) * _ramp(v + 0.78, 0.15) * (1.0 - body)
+    att += arm * 0.5
 
     # ---- lungs (two fields, apex taper, diaphragm domes) ----------------------------------
     lung_alpha = np.zeros_like(u)
@@ -154,7 +160,7 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
     for side, dome_top in ((-1.0, dome_r), (1.0, dome_l)):
         du = u - side * lung_cu
         dv = v - lung_cv
-        taper = 0.72 + 0.28 * np.clip(dv * (1.0 / lung_h) + 0.6, 0.0, 1.0)
+        taper = 0.7 + 0.3 * np.sqrt(np.clip(dv * (1.0 / lung_h) + 0.85, 0.0, 1.0))
         f = (du / (lung_w * taper)) ** 2 + (dv * (1.0 / lung_h)) ** 2
         dome = dome_top + dome_k * (du * (1.0 / lung_w)) ** 2
         alpha = _ramp(1.0 - f, 0.1) * _ramp(dome - v, 0.03)
@@ -163,10 +169,11 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
         lung_alpha += alpha
 
     # heart (bulging into the image-right lung), aortic knob and mediastinum carve the lungs
-    hu = (u - heart_cu) * (1.0 / heart_w)
-    hv = (v - heart_cv) * (1.0 / heart_h)
+    ct, st = float(np.cos(heart_tilt)), float(np.sin(heart_tilt))
+    hu = ((u - heart_cu) * ct + (v - heart_cv) * st) * (1.0 / heart_w)
+    hv = ((v - heart_cv) * ct - (u - heart_cu) * st) * (1.0 / heart_h)
     heart = _ramp(1.0 - (hu * hu + hv * hv), 0.12)
-    knob = _ramp(1.0 - ((u - 0.11) ** 2 + (v - lung_cv + 0.2) ** 2) * (1.0 / 0.075**2), 0.3)
+    knob = _ramp(1.0 - ((u - 0.11) ** 2 + (v - lung_cv + 0.2) ** 2) * (1.0 / 0.065**2), 0.3)
     medial = _ramp(a - 0.1 - 0.04 * np.clip(-v - 0.2, 0.0, 1.0), 0.05)
     keep = (1.0 - heart) * (1.0 - knob) * medial
     lung_alpha *= keep
@@ -182,7 +189,7 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
         v_in = v[inside]
         top, bottom = float(v_in.min()), float(v_in.max())
         frac = uniform(0.15, 0.40)
-        menisc = uniform(0.05, 0.10)
+        menisc = uniform(0.08, 0.16)
         level = bottom - frac * (bottom - top) + 0.5 * menisc
         t = np.clip((u - side * 0.1) * side * (1.0 / (lung_cu + lung_w - 0.1)), 0.0, 1.3)
         surface = level - menisc * t * t  # rises along the lateral wall: concave upward
@@ -193,7 +200,7 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
         att += fluid_in_lung * uniform(0.0, 0.04)
 
     # ---- bones ---------------------------------------------------------------------------
-    thorax = _ramp(lung_cu + lung_w + 0.08 - a, 0.06) * _ramp(dome_l + 0.15 - v, 0.12)
+    thorax = _ramp(lung_cu + lung_w + 0.08 - a, 0.06) * _ramp(dome_r + 0.04 - v, 0.12)
     q = v - rib_k * (a - rib_m) ** 2
     qq = q - rib_q0
     phase = qq * (1.0 / rib_sp) * (1.0 - 0.12 * qq)  # ribs spread out a little downwards
@@ -229,7 +236,6 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
             return arr
         return cv2.resize(arr, (size, size), interpolation=cv2.INTER_LINEAR)
 
-    att = up(att)
     mask = np.zeros((size, size), dtype=bool)
     center: tuple[float, float] | None = None
 
@@ -239,10 +245,12 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
         center = (float(rows.mean()), float(cols.mean()))
 
     if label == 1:  # nodule: a soft bright blob entirely inside a lung field
+        ratio = size / low_res  # full-res pixels per working-res pixel
         lung_mask = (up(lung_alpha) > 0.9).astype(np.uint8)
         dist = cv2.distanceTransform(lung_mask, cv2.DIST_L2, 3)
         radius = uniform(7.0, 16.0) * size / 256.0
         lobe = uniform(0.0, 0.12)
+        phase0 = uniform(0.0, 2.0 * np.pi)
         need = radius * (1.0 + lobe) + 2.0
         ok = np.flatnonzero(dist.ravel() >= need)
         if ok.size == 0:  # tiny lungs: shrink the nodule to fit
@@ -251,21 +259,31 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
             ok = np.flatnonzero(dist.ravel() >= need)
         idx = int(ok[rng.integers(ok.size)])
         r0, c0 = divmod(idx, size)
-        reach = int(np.ceil(radius * (1.0 + lobe) * 1.8)) + 2
-        rs, re = max(r0 - reach, 0), min(r0 + reach + 1, size)
-        cs, ce = max(c0 - reach, 0), min(c0 + reach + 1, size)
-        rr = np.arange(rs - r0, re - r0, dtype=np.float32)[:, None]
-        cc = np.arange(cs - c0, ce - c0, dtype=np.float32)[None, :]
-        r = np.sqrt(rr * rr + cc * cc)
-        ang = np.arctan2(rr, cc)
-        rad = radius * (1.0 + lobe * np.cos(3.0 * ang + uniform(0.0, 2.0 * np.pi)))
-        edge = radius * uniform(0.3, 0.5)
-        blob = np.clip((rad - r) / edge + 0.5, 0.0, 1.0)
-        blob = blob * blob * (3.0 - 2.0 * blob)  # smoothstep: soft edge, 0.5 at r == rad
-        core = np.exp(-((r / radius) ** 2))  # slightly denser centre
-        contrast = uniform(0.06, 0.17)
-        att[rs:re, cs:ce] += contrast * (0.75 * blob + 0.25 * core)
-        mask[rs:re, cs:ce] = (blob >= 0.5) & (lung_mask[rs:re, cs:ce] > 0)
+        edge_frac = uniform(0.3, 0.5)
+        contrast = uniform(0.08, 0.2)
+
+        def blob_at(n: int, rc: float, cc0: float, rad0: float):
+            """Soft blob on an n x n grid around (rc, cc0): (slices, blob, core)."""
+            reach = int(np.ceil(rad0 * (1.0 + lobe) * 1.8)) + 2
+            r_i, c_i = int(round(rc)), int(round(cc0))
+            rs, re = max(r_i - reach, 0), min(r_i + reach + 1, n)
+            cs, ce = max(c_i - reach, 0), min(c_i + reach + 1, n)
+            rr = np.arange(rs, re, dtype=np.float32)[:, None] - np.float32(rc)
+            cc = np.arange(cs, ce, dtype=np.float32)[None, :] - np.float32(cc0)
+            r = np.sqrt(rr * rr + cc * cc)
+            rad = rad0 * (1.0 + lobe * np.cos(3.0 * np.arctan2(rr, cc) + phase0))
+            blob = np.clip((rad - r) / (rad0 * edge_frac) + 0.5, 0.0, 1.0)
+            blob = blob * blob * (3.0 - 2.0 * blob)  # smoothstep: soft edge, 0.5 at r == rad
+            core = np.exp(-((r / rad0) ** 2))  # slightly denser centre
+            return (slice(rs, re), slice(cs, ce)), blob, core
+
+        # drawn at the working resolution (pixel centres aligned as cv2.resize does) ...
+        rc, cl = (r0 + 0.5) / ratio - 0.5, (c0 + 0.5) / ratio - 0.5
+        sl, blob, core = blob_at(low_res, rc, cl, radius / ratio)
+        att[sl] += contrast * (0.75 * blob + 0.25 * core)
+        # ... and its mask at full resolution
+        sl, blob, _ = blob_at(size, float(r0), float(c0), radius)
+        mask[sl] = (blob >= 0.5) & (lung_mask[sl] > 0)
         center = (float(r0), float(c0))
 
     # ---- global look (contrast / brightness / gamma), then the detector -------------------
@@ -276,8 +294,8 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
     img = att**gamma
     img *= high - low
     img += low
-    sigma = uniform(0.5, 1.1) * size / 256.0
-    img = cv2.GaussianBlur(img, (0, 0), sigma)
+    sigma = uniform(0.5, 1.1) * low_res / 256.0
+    img = up(cv2.GaussianBlur(img, (0, 0), sigma))
     noise = _fast_noise(rng, size)
     noise *= np.sqrt(img * uniform(0.3, 2.0))
     img += cv2.GaussianBlur(noise, (0, 0), 0.6 * size / 256.0)
