@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (
@@ -46,6 +47,7 @@ _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _MAX_VALUE_CHARS = 120
+_DEFER_BYTES = 16 << 20  # header values this big (private blobs) are only read if used
 _MAX_TAG_ROWS = 5000  # enhanced multi-frame headers can hold millions of elements
 
 # First (group) values of a DICOM data set written without preamble or file meta.
@@ -87,10 +89,10 @@ def load_dicom(path: Path, frame: int) -> SourceImage:
 def read_header(f: BinaryIO, path: Path) -> Dataset:
     """The data set up to its pixel data, with a transfer syntax always set in file_meta."""
     try:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=_DEFER_BYTES)
     except InvalidDicomError:
         f.seek(0)
-        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True, defer_size=_DEFER_BYTES)
         if not _has_known_elements(ds):
             raise ImageLoadError("not an image file Lantern knows (DICOM, PNG, JPEG or TIFF)", path) from None
     meta = getattr(ds, "file_meta", None)
@@ -553,6 +555,13 @@ def _append_rows(rows: list[DicomTag], ds: Dataset, depth: int) -> None:
             if not rows[-1].value.startswith("<list shortened"):
                 rows.append(DicomTag("", "", "", f"<list shortened to {_MAX_TAG_ROWS} rows>"))
             return
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH):
+            # A deferred (very large) value: summarise it without reading it.
+            vr = str(raw.VR or "")
+            keyword = "" if tag.is_private else pydicom.datadict.keyword_for_tag(tag)
+            rows.append(DicomTag(prefix + _tag_text(tag), keyword, vr, f"<{raw.length} bytes, not read>"))
+            continue
         try:
             elem = ds[tag]
         except Exception as exc:  # unreadable value: show why instead of hiding the row

@@ -372,3 +372,14 @@ def test_deflated_file_opens_and_huge_deflated_header_is_refused(tmp_path):
     ds.save_as(path)
     with pytest.raises(ImageTooLargeError, match=r"^dfl\.dcm: "):
         load_image(path)
+
+
+def test_huge_header_blob_is_summarised_not_read(tmp_path):
+    path = write_image(tmp_path / "blob.dcm", gradient(np.uint16, shape=(4, 4)))
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "LO", "Vendor")  # private creator
+    ds.add_new(0x00091011, "OB", bytes(20 << 20))
+    ds.save_as(path)
+    image = load_image(path)
+    blob = next(t for t in image.tags if t.tag == "(0009,1011)")
+    assert blob.value == f"<{20 << 20} bytes, not read>" and blob.keyword == ""
