@@ -590,6 +590,8 @@ _KIND_BY_WORD = (
     ("Waveform", "a waveform (ECG or other signal)"),
     ("ECG", "a waveform (ECG)"),
     ("RT Plan", "an RT Plan (radiotherapy plan)"),
+    ("RT Ion Plan", "an RT Ion Plan (radiotherapy plan)"),
+    ("Color Palette", "a colour palette (a lookup table for other images)"),
     ("RT Structure Set", "an RT Structure Set (contours)"),
     ("RT Dose", "an RT Dose without dose grid"),
     ("Presentation State", "a presentation state (display settings for other images)"),
