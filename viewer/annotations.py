@@ -1,0 +1,30 @@
+"""Corner annotations: who, when, what and how it is displayed, with identifying text hidden
+in teaching mode."""
+
+from __future__ import annotations
+
+
+def _date(raw: str) -> str:
+    return f"{raw[:4]}-{raw[4:6]}-{raw[6:8]}" if len(raw) == 8 and raw.isdigit() else raw
+
+
+def corner_texts(image, window_cw, zoom: float, hide_identifying: bool) -> dict[str, str]:
+    source = image.source
+    meta = source.metadata
+    if hide_identifying:
+        top_left = "Patient: hidden (teaching mode)"
+        study = "Study date: hidden"
+    else:
+        top_left = "\n".join(filter(None, [meta.patient_name or "Patient: —",
+                                           f"ID: {meta.patient_id}" if meta.patient_id else ""]))
+        study = f"Study date: {_date(meta.study_date)}" if meta.study_date else "Study date: —"
+    description = meta.series_description or meta.study_description
+    top_right = "\n".join(filter(None, [study, f"Modality: {meta.modality or '—'}",
+                                        description if not hide_identifying else ""]))
+    center, width = window_cw if window_cw else (source.window.center, source.window.width)
+    bottom_left = f"W {width:.0f}  L {center:.0f}\nZoom {zoom:.2f}×"
+    frames = f"Frame {source.frame + 1}/{source.n_frames}\n" if source.n_frames > 1 else ""
+    name = "" if hide_identifying else f"{source.path.name}\n"
+    bottom_right = f"{name}{frames}Image {image.index + 1}/{image.count}  {source.shape[1]}×{source.shape[0]}"
+    return {"top_left": top_left, "top_right": top_right, "bottom_left": bottom_left,
+            "bottom_right": bottom_right}

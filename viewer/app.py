@@ -1,0 +1,100 @@
+"""`lantern` command: the viewer, plus its headless --bench and --screenshots modes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "resources" / "models" / "demo"
+DEMO_STUDIES = ROOT / "resources" / "studies"
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+
+log = logging.getLogger("lantern.app")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lantern", description=__doc__)
+    parser.add_argument("paths", nargs="*", metavar="FILES_OR_FOLDER",
+                        help="images or folders to open (default: the demo studies)")
+    parser.add_argument("--model", type=Path, help="model bundle folder (default: the demo model)")
+    parser.add_argument("--engine", choices=ENGINES, help="inference engine (default: remembered, else auto)")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR", help="render documentation PNGs and exit")
+    parser.add_argument("--bench", action="store_true", help="measure display and analysis latency and exit")
+    parser.add_argument("--json", action="store_true", help="with --bench: print one JSON object")
+    parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)  # tests, screenshots
+    return parser.parse_args(argv)
+
+
+def headless_if_needed() -> None:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def default_paths(args) -> list[Path]:
+    if args.paths:
+        return [Path(p) for p in args.paths]
+    return [DEMO_STUDIES] if DEMO_STUDIES.is_dir() and any(DEMO_STUDIES.iterdir()) else []
+
+
+def default_model(args) -> Path | None:
+    if args.model:
+        return args.model
+    return DEMO_MODEL if (DEMO_MODEL / "manifest.json").is_file() else None
+
+
+def make_app():
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("Lantern")
+    app.setApplicationName("Lantern")
+    return app
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.bench or args.screenshots:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    headless_if_needed()
+    app = make_app()
+    from viewer.logs import setup_logging
+
+    log_path = setup_logging()
+    log.info("Lantern viewer starting")
+    if args.bench:
+        from viewer.bench import run_bench
+
+        return run_bench(as_json=args.json, model=default_model(args), engine_name=args.engine or "auto")
+    if args.screenshots:
+        from viewer.screenshots import render_screenshots
+
+        return render_screenshots(args.screenshots, default_paths(args), default_model(args), args.engine or "auto")
+
+    from viewer.main_window import MainWindow
+    from viewer.settings import Settings
+
+    settings = Settings(args.settings)
+    window = MainWindow(settings)
+    window.log_path = log_path
+    engine_name = args.engine or settings.get("engine")
+    if args.engine:
+        settings.set("engine", args.engine)
+    model = default_model(args)
+    if model is not None:
+        window.session.load_model(model, engine_name)
+    else:
+        window.show_status("No model: use File > Open model bundle (or --model).")
+    paths = default_paths(args)
+    if paths:
+        window.open_paths(paths)
+    window.resize(1600, 960) if settings.q.value("geometry") is None else None
+    window.show()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

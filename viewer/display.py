@@ -1,0 +1,125 @@
+"""Display mapping: window presets, grey and overlay lookup tables, display-ready pixel data.
+
+Window/level, invert, colormap and threshold are all lookup-table or level changes on the
+ImageItems; pixels are converted once per image (to uint16 / uint8), so that a drag or a slider
+never recomputes an image-sized array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+
+# (label, width, center) in Hounsfield units, as reading rooms know them.
+WINDOW_PRESETS: tuple[tuple[str, float, float], ...] = (
+    ("Soft tissue", 400.0, 40.0),
+    ("Lung", 1500.0, -600.0),
+    ("Liver", 150.0, 90.0),
+    ("Bone", 2500.0, 480.0),
+    ("Brain", 80.0, 40.0),
+)
+
+# Perceptually uniform maps first; jet only because readers ask for it.
+COLORMAPS: tuple[str, ...] = ("viridis", "inferno", "magma", "plasma", "cividis", "jet")
+METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "Layer-CAM"}
+METHODS = tuple(METHOD_LABELS)
+CONTOUR_LEVELS = (0.2, 0.4, 0.6, 0.8)
+_CONTOUR_HALF_WIDTH = 0.012
+
+
+def colormap(name: str) -> pg.ColorMap:
+    if name == "jet":
+        # pyqtgraph ships no jet; these are matplotlib's jet anchor points.
+        positions = [0.0, 0.125, 0.375, 0.625, 0.875, 1.0]
+        colors = [(0, 0, 128), (0, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (128, 0, 0)]
+        return pg.ColorMap(positions, colors, name="jet")
+    return pg.colormap.get(name)
+
+
+def gray_lut(invert: bool = False) -> np.ndarray:
+    ramp = np.arange(256, dtype=np.uint8)
+    return ramp[::-1].copy() if invert else ramp
+
+
+def overlay_lut(name: str, threshold: float = 0.0, contour: bool = False) -> np.ndarray:
+    """(256, 4) uint8 RGBA: the colormap, transparent below ``threshold`` (fraction of the
+    display range); in contour mode opaque only in thin bands around fixed levels, which on a
+    smooth map reads as iso-lines without tracing any curve."""
+    lut = colormap(name).getLookupTable(0.0, 1.0, 256, alpha=True).astype(np.uint8)
+    values = np.linspace(0.0, 1.0, 256)
+    visible = values >= threshold
+    if contour:
+        near = np.zeros(256, dtype=bool)
+        for level in CONTOUR_LEVELS:
+            near |= np.abs(values - level) <= _CONTOUR_HALF_WIDTH
+        visible &= near
+    lut[:, 3] = np.where(visible, 255, 0)
+    return lut
+
+
+@dataclass(frozen=True)
+class DisplayImage:
+    """Source pixels as the ImageItem gets them, plus the map back to modality units.
+
+    Grayscale becomes uint16 (display = (value - offset) * scale) because pyqtgraph folds
+    levels into a lookup table for integer data, making a window change a table lookup.
+    """
+
+    data: np.ndarray
+    offset: float
+    scale: float
+    is_color: bool
+
+    def to_display(self, value: float) -> float:
+        return (value - self.offset) * self.scale
+
+    def levels(self, center: float, width: float) -> tuple[float, float]:
+        width = max(width, 1e-6)
+        return self.to_display(center - width / 2), self.to_display(center + width / 2)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        if self.is_color:
+            return 0.0, 255.0
+        return self.offset, self.offset + 65535.0 / self.scale
+
+
+def make_display_image(pixels: np.ndarray) -> DisplayImage:
+    if pixels.ndim == 3:
+        return DisplayImage(np.ascontiguousarray(pixels), 0.0, 1.0, True)
+    finite = pixels[np.isfinite(pixels)] if not np.isfinite(pixels).all() else pixels
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 1.0
+    span = max(high - low, 1e-6)
+    sample = pixels[:: max(1, pixels.shape[0] // 64)]
+    # Integer-valued data within 16 bits keeps exact values; anything else is rescaled.
+    integral = span <= 65535 and bool(np.array_equal(sample, np.round(sample)))
+    scale = 1.0 if integral else 65535.0 / span
+    data = np.nan_to_num((pixels - low) * scale, nan=0.0, posinf=65535.0, neginf=0.0)
+    data = np.clip(data + 0.5 if not integral else data, 0, 65535).astype(np.uint16)
+    return DisplayImage(data, low, scale, False)
+
+
+def map_to_uint8(values: np.ndarray, top: float) -> np.ndarray:
+    """A CAM map scaled so that ``top`` is 255 (the overlay LUT's last entry)."""
+    scale = 255.0 / top if top > 0 else 0.0
+    return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def thumbnail(gray: np.ndarray, levels: tuple[float, float], heat: np.ndarray | None,
+              lut: np.ndarray, opacity: float, size: int = 112) -> np.ndarray:
+    """A small RGB uint8 picture: the windowed image with the map blended on top."""
+    step = max(1, int(np.ceil(max(gray.shape[:2]) / size)))
+    small = gray[::step, ::step].astype(np.float32)
+    low, high = levels
+    unit = np.clip((small - low) / max(high - low, 1e-6), 0, 1)
+    if unit.ndim == 2:
+        unit = np.repeat(unit[..., None], 3, axis=2)
+    rgb = unit * 255.0
+    if heat is not None:
+        rgba = lut[heat[::step, ::step]].astype(np.float32)
+        alpha = rgba[..., 3:4] / 255.0 * opacity
+        rgb = rgb * (1 - alpha) + rgba[..., :3] * alpha
+    return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))

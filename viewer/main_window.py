@@ -1,0 +1,318 @@
+"""The main window: original and explained image side by side, results, class strip, panels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QHBoxLayout, QLabel,
+                               QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
+                               QVBoxLayout, QWidget)
+
+from viewer import actions, theme
+from viewer.class_strip import ClassStrip
+from viewer.display import METHODS
+from viewer.overlay_controls import OverlayControls
+from viewer.overlay_state import OverlayMixin
+from viewer.panels import CompareView, SeenPanel, TagBrowser
+from viewer.results_panel import ResultsPanel
+from viewer.session import Session
+from viewer.settings import Settings
+from viewer.study_panel import StudyPanel
+from viewer.viewport import Viewport, link
+
+log = logging.getLogger("lantern.window")
+
+
+class MainWindow(OverlayMixin, QMainWindow):
+    def __init__(self, settings: Settings | None = None, session: Session | None = None):
+        super().__init__()
+        theme.apply(QApplication.instance())
+        self.setWindowTitle("Lantern: what the classifier saw")
+        self.setAcceptDrops(True)
+        self.settings = settings or Settings()
+        self.session = session or Session(self)
+        self.session.setParent(self)
+        self.window_cw: tuple[float, float] | None = None  # (center, width) in modality units
+        self.invert = False
+        self.overlay_on = True
+        self.hide_identifying = False
+        self.class_index = 0
+        self._map_cache: dict = {}
+
+        self.original = Viewport("Original")
+        self.explained = Viewport("Explanation")
+        link(self.original, self.explained)
+        self.compare = CompareView()
+        self.seen = SeenPanel()
+        self.banner = QLabel()
+        self.banner.setObjectName("banner")
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(False)
+        self.banner.mousePressEvent = lambda _ev: self.banner.setVisible(False)
+        reading = QWidget()
+        row = QHBoxLayout(reading)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(3)
+        row.addWidget(self.original)
+        row.addWidget(self.explained)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(reading, "Reading")
+        self.tabs.addTab(self.compare, "Compare methods")
+        self.tabs.addTab(self.seen, "What the model saw")
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(2, 2, 2, 2)
+        column.addWidget(self.banner)
+        column.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+
+        self.results = ResultsPanel()
+        self.controls = OverlayControls()
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.results)
+        side_layout.addWidget(self.controls)
+        scroll = QScrollArea()
+        scroll.setWidget(side)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(360)
+        self.strip = ClassStrip()
+        self.tags = TagBrowser()
+        self.studies = StudyPanel(self.session)
+        browser = QTabWidget()
+        browser.addTab(self.studies, "Studies")
+        browser.addTab(self.tags, "DICOM tags")
+        self._dock("Results", scroll, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._dock("Class maps", self.strip, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self._dock("Browser", browser, Qt.DockWidgetArea.LeftDockWidgetArea)
+
+        self.status_text = QLabel("Open an image (File > Open) or drop files here.")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.session.cancel)
+        self.statusBar().addWidget(self.status_text, 1)
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().addPermanentWidget(self.cancel_button)
+
+        self.actions_ = actions.install(self)
+        self._connect()
+        self.restore_settings()
+
+    def _dock(self, title: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _connect(self) -> None:
+        s = self.session
+        s.imageReady.connect(self.on_image)
+        s.imageFailed.connect(self.show_error)
+        s.modelReady.connect(self.on_model)
+        s.modelFailed.connect(self.show_error)
+        s.analysisReady.connect(self.on_analysis)
+        s.analysisFailed.connect(self.show_error)
+        s.analysisState.connect(self.on_analysis_state)
+        s.progress.connect(self.on_progress)
+        for viewport in (self.original, self.explained, *self.compare.viewports.values()):
+            viewport.box.windowDragged.connect(self.drag_window)
+            viewport.box.wheelStepped.connect(s.step)
+            viewport.box.sigRangeChanged.connect(lambda *_: self.update_corners())
+        self.strip.classSelected.connect(self.select_class)
+        self.connect_controls()
+
+    # messages ------------------------------------------------------------------
+    def show_error(self, message: str) -> None:
+        log.warning("shown to the user: %s", message)
+        self.banner.setText(f"⚠ {message}  (click to dismiss)")
+        self.banner.setVisible(True)
+        self.status_text.setText(message)
+
+    def show_status(self, message: str) -> None:
+        self.status_text.setText(message)
+
+    # session events ------------------------------------------------------------
+    def on_model(self, model) -> None:
+        self.results.set_model(model.bundle, model.engine)
+        self.show_status(f"Model {model.bundle.name} {model.bundle.version} ready ({model.engine}).")
+
+    def on_image(self, image) -> None:
+        self.banner.setVisible(False)
+        self._map_cache.clear()
+        source = image.source
+        self.window_cw = (source.window.center, source.window.width)
+        levels = self.current_levels()
+        self.original.set_image(image.display, levels)
+        self.explained.set_image(image.display, levels)
+        self.compare.set_image(image.display, levels)
+        for viewport in self.all_viewports():
+            viewport.set_invert(self.invert)
+        self.set_overlay_data(None)
+        self.tags.set_tags(source.tags)
+        self.strip.clear()
+        self.seen.show_seen(None)
+        waiting = "Analysing…" if self.session.model is not None else "No model loaded: open a model bundle to analyse."
+        self.results.clear(waiting)
+        self.update_corners()
+        self.show_status(f"{source.path.name} ({image.index + 1}/{image.count})")
+        self.settings.add_recent(source.path)
+        self.refresh_recent_menu()
+
+    def on_analysis(self, analysis) -> None:
+        self._map_cache.clear()
+        self.results.show_analysis(analysis)
+        self.class_index = analysis.predicted
+        self.refresh_overlay(rebuild_strip=True)
+        self.seen.show_seen(analysis.model_input.seen,
+                            f"{analysis.model_input.seen.shape[1]}×{analysis.model_input.seen.shape[0]} input, "
+                            f"as scaled and resized for {analysis.model_name}.")
+        total_ms = sum(analysis.timings.values()) * 1000
+        self.show_status(f"{analysis.source.name}: {analysis.predicted_class} "
+                         f"({analysis.engine}, {total_ms:.0f} ms)")
+
+    def on_analysis_state(self, state: str) -> None:
+        running = state == "running"
+        self.progress.setVisible(running)
+        self.cancel_button.setVisible(running)
+        if running:
+            self.progress.setRange(0, 0)
+        elif state == "cancelled":
+            self.results.clear("Analysis cancelled")
+            self.show_status("Analysis cancelled.")
+
+    def on_progress(self, step: int, total: int, stage: str) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(step)
+        self.progress.setFormat(f"{stage} %v/%m")
+
+    # window / level ------------------------------------------------------------
+    def all_viewports(self):
+        return (self.original, self.explained, *self.compare.viewports.values())
+
+    def current_levels(self):
+        image = self.session.image
+        if image is None or self.window_cw is None:
+            return None
+        return image.display.levels(*self.window_cw)
+
+    def set_window(self, center: float, width: float) -> None:
+        if self.session.image is None:
+            return
+        self.window_cw = (float(center), max(float(width), 1e-3))
+        levels = self.current_levels()
+        for viewport in self.all_viewports():
+            viewport.set_levels(levels)
+        self.update_corners()
+
+    def drag_window(self, dx: float, dy: float) -> None:
+        image = self.session.image
+        if image is None or self.window_cw is None:
+            return
+        low, high = image.display.value_range
+        step = max((high - low) / 1024.0, 1e-3)  # a full-range sweep takes about 1000 pixels
+        center, width = self.window_cw
+        self.set_window(center - dy * step, width + dx * step)
+
+    def apply_invert(self) -> None:
+        self.invert = self.actions_["invert"].isChecked()
+        for viewport in self.all_viewports():
+            viewport.set_invert(self.invert)
+
+    def fit(self) -> None:
+        for viewport in (self.original, *self.compare.viewports.values()):
+            viewport.fit()
+
+    def reset_view(self) -> None:
+        image = self.session.image
+        if image is None:
+            return
+        self.actions_["invert"].setChecked(False)
+        self.apply_invert()
+        self.set_window(image.source.window.center, image.source.window.width)
+        self.fit()
+
+    def toggle_single_view(self) -> None:
+        self.original.setVisible(not self.actions_["single"].isChecked())
+
+    def apply_hide_identifying(self) -> None:
+        self.hide_identifying = self.actions_["anonymize"].isChecked()
+        self.tags.set_hide_identifying(self.hide_identifying)
+        self.studies.set_hide_identifying(self.hide_identifying)
+        self.update_corners()
+
+    def update_corners(self) -> None:
+        from viewer.annotations import corner_texts
+
+        image = self.session.image
+        if image is None:
+            return
+        texts = corner_texts(image, self.window_cw, self.original.zoom(), self.hide_identifying)
+        for viewport in (self.original, self.explained):
+            for corner, text in texts.items():
+                if viewport is self.explained and corner == "top_right":
+                    continue
+                viewport.set_corner(corner, text)
+
+    # files ---------------------------------------------------------------------
+    def open_paths(self, paths) -> None:
+        paths = [Path(p) for p in paths]
+        if paths:
+            self.settings.set("last_folder", str(paths[0] if paths[0].is_dir() else paths[0].parent))
+            self.studies.scan(paths)
+            self.session.open_paths(paths)
+
+    def open_files_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Open images", self.settings.get("last_folder"),
+                                                "Images (*.dcm *.dicom *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)")
+        self.open_paths(files)
+
+    def open_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open folder", self.settings.get("last_folder"))
+        if folder:
+            self.open_paths([folder])
+
+    def open_model_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open model bundle", self.settings.get("last_folder"))
+        if folder:
+            self.session.load_model(folder, self.settings.get("engine"))
+
+    def refresh_recent_menu(self) -> None:
+        menu = self.recent_menu
+        menu.clear()
+        for path in self.settings.recent_files():
+            menu.addAction(Path(path).name).triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        self.open_paths([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
+
+    # settings ------------------------------------------------------------------
+    def restore_settings(self) -> None:
+        geometry = self.settings.q.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        method = self.settings.get("overlay/method")
+        self.controls.set_values(
+            method=method if method in METHODS else "gradcam",
+            opacity=self.settings.get("overlay/opacity"), colormap=self.settings.get("overlay/colormap"),
+            threshold=self.settings.get("overlay/threshold"), scale=self.settings.get("overlay/scale"),
+            contour=self.settings.get("overlay/contour"))
+        self.apply_overlay_style()
+        self.refresh_recent_menu()
+
+    def closeEvent(self, event) -> None:
+        self.settings.set("geometry", self.saveGeometry())
+        self.save_overlay_settings()
+        self.settings.sync()
+        self.session.cancel()
+        super().closeEvent(event)

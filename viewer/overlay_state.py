@@ -1,0 +1,107 @@
+"""The explanation overlay's state on the main window: which method, class and scale is shown,
+and how (colormap, threshold, opacity, filled or contour). Style changes only touch lookup
+tables and item opacity; a new method, class or scale converts one map to uint8."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, thumbnail
+
+
+class OverlayMixin:
+    def connect_controls(self) -> None:
+        c = self.controls
+        c.opacity.valueChanged.connect(lambda *_: self.apply_overlay_style(thumbnails=False))
+        for signal in (c.colormap.currentIndexChanged, c.threshold.valueChanged, c.contour.toggled):
+            signal.connect(lambda *_: self.apply_overlay_style())
+        c.method.currentIndexChanged.connect(lambda *_: self.refresh_overlay())
+        c.normalized.toggled.connect(lambda *_: self.refresh_overlay())
+        c.changed.connect(self.save_overlay_settings)
+
+    def save_overlay_settings(self) -> None:
+        c = self.controls
+        for key, value in (("overlay/opacity", c.opacity_value()), ("overlay/colormap", c.colormap.currentText()),
+                           ("overlay/method", c.method_key()), ("overlay/threshold", c.threshold_value()),
+                           ("overlay/scale", c.scale()), ("overlay/contour", c.contour.isChecked())):
+            self.settings.set(key, value)
+
+    def current_lut(self) -> np.ndarray:
+        c = self.controls
+        return overlay_lut(c.colormap.currentText(), c.threshold_value(), c.contour.isChecked())
+
+    def shown_method(self, analysis) -> str:
+        method = self.controls.method_key()
+        return method if method in analysis.maps else next(iter(analysis.maps))
+
+    def map_for(self, analysis, method: str, class_index: int) -> tuple[np.ndarray, float]:
+        """The uint8 overlay data and the value its top colour stands for."""
+        scale = self.controls.scale()
+        key = (method, class_index, scale)
+        if key not in self._map_cache:
+            maps = analysis.maps[method]
+            if scale == "normalized":
+                top = 1.0
+                data = map_to_uint8(maps.normalized[class_index], 1.0)
+            else:
+                top = float(maps.absolute.max())  # one scale for every class of this image
+                data = map_to_uint8(maps.absolute[class_index], top)
+            self._map_cache[key] = (data, top)
+        return self._map_cache[key]
+
+    def set_overlay_data(self, data: np.ndarray | None) -> None:
+        self.explained.set_overlay(data)
+        self.explained.set_overlay_visible(data is not None and self.overlay_on)
+
+    def select_class(self, index: int) -> None:
+        self.class_index = int(index)
+        self.strip.select(self.class_index)
+        self.refresh_overlay()
+
+    def refresh_overlay(self, rebuild_strip: bool = False) -> None:
+        analysis = self.session.analysis
+        if analysis is None:
+            self.set_overlay_data(None)
+            return
+        method = self.shown_method(analysis)
+        index = min(self.class_index, len(analysis.classes) - 1)
+        data, top = self.map_for(analysis, method, index)
+        self.set_overlay_data(data)
+        name = analysis.classes[index]
+        self.explained.set_corner("top_right", f"{METHOD_LABELS.get(method, method)}\nclass: {name}")
+        self.compare.set_maps({m: self.map_for(analysis, m, index)[0] for m in analysis.maps}, name)
+        unit = "(per-class peak = 1)" if self.controls.scale() == "normalized" else "(logit units)"
+        self.controls.colorbar.set_range(0.0, top)
+        self.controls.colorbar.setToolTip(f"Map value {unit}")
+        if rebuild_strip:
+            self.strip.set_classes(analysis.classes, analysis.probabilities, self.class_thumbnails(), index)
+        self.apply_overlay_style()
+
+    def class_thumbnails(self) -> list[np.ndarray]:
+        analysis, image = self.session.analysis, self.session.image
+        if analysis is None or image is None:
+            return []
+        method = self.shown_method(analysis)
+        lut, opacity = self.current_lut(), max(self.controls.opacity_value(), 0.35)
+        levels = self.current_levels() or (0, 65535)
+        return [thumbnail(image.display.data, levels, self.map_for(analysis, method, i)[0], lut, opacity)
+                for i in range(len(analysis.classes))]
+
+    def apply_overlay_style(self, thumbnails: bool = True) -> None:
+        lut, opacity = self.current_lut(), self.controls.opacity_value()
+        self.explained.set_overlay_lut(lut)
+        self.explained.set_overlay_opacity(opacity)
+        self.compare.set_style(lut, opacity)
+        self.controls.colorbar.set_lut(lut)
+        if thumbnails and self.session.analysis is not None and self.strip.buttons:
+            self.strip.update_thumbnails(self.class_thumbnails())
+
+    def toggle_overlay(self) -> None:
+        self.overlay_on = self.actions_["overlay"].isChecked()
+        self.explained.set_overlay_visible(self.overlay_on and self.session.analysis is not None)
+        for viewport in self.compare.viewports.values():
+            viewport.set_overlay_visible(self.overlay_on)
+
+    def nudge_opacity(self, delta: float) -> None:
+        slider = self.controls.opacity
+        slider.setValue(slider.value() + round(delta * 100))

@@ -1,0 +1,121 @@
+"""Secondary panels: the methods compared side by side, what the model saw, the DICOM tags."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from viewer.display import METHOD_LABELS, METHODS, DisplayImage
+from viewer.viewport import Viewport, link
+
+# Tag groups/elements that identify a person or place; hidden in teaching mode.
+IDENTIFYING_PREFIXES = ("(0010,", "(0008,0080)", "(0008,0081)", "(0008,0090)", "(0008,1050)",
+                        "(0008,1070)", "(0032,1032)", "(0008,0050)", "(0020,0010)")
+
+
+class CompareView(QWidget):
+    """Grad-CAM, Grad-CAM++ and Layer-CAM for the shown class, in step with each other."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewports = {m: Viewport(METHOD_LABELS[m]) for m in METHODS}
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for viewport in self.viewports.values():
+            viewport.set_overlay_visible(True)
+            layout.addWidget(viewport)
+        first, *rest = self.viewports.values()
+        link(first, *rest)
+
+    def set_image(self, display: DisplayImage | None, levels) -> None:
+        for viewport in self.viewports.values():
+            viewport.set_image(display, levels)
+
+    def set_levels(self, levels) -> None:
+        for viewport in self.viewports.values():
+            viewport.set_levels(levels)
+
+    def set_invert(self, invert: bool) -> None:
+        for viewport in self.viewports.values():
+            viewport.set_invert(invert)
+
+    def set_maps(self, maps: dict[str, np.ndarray | None], class_name: str) -> None:
+        for method, viewport in self.viewports.items():
+            viewport.set_overlay(maps.get(method))
+            missing = "" if maps.get(method) is not None else " (not computed)"
+            viewport.set_corner("top_right", f"{METHOD_LABELS[method]}{missing}\nclass: {class_name}")
+
+    def set_style(self, lut, opacity: float) -> None:
+        for viewport in self.viewports.values():
+            viewport.set_overlay_lut(lut)
+            viewport.set_overlay_opacity(opacity)
+
+
+class SeenPanel(QWidget):
+    """The model's input after resizing and intensity scaling: what the classifier saw."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewport = Viewport("What the model saw")
+        self.caption = QLabel("Run an analysis to see the model's input.")
+        self.caption.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.viewport, 1)
+        layout.addWidget(self.caption)
+
+    def show_seen(self, seen: np.ndarray | None, caption: str = "") -> None:
+        if seen is None:
+            self.viewport.set_image(None)
+            self.caption.setText(caption or "Run an analysis to see the model's input.")
+            return
+        data = np.clip(np.asarray(seen, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        self.viewport.set_image(DisplayImage(data, 0.0, 1.0, data.ndim == 3), (0, 255))
+        self.caption.setText(caption)
+
+
+class TagBrowser(QWidget):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search tags (name, number or value)")
+        self.search.setClearButtonEnabled(True)
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Tag", "Name", "VR", "Value"])
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAlternatingRowColors(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.search)
+        layout.addWidget(self.tree)
+        self._tags: tuple = ()
+        self.hide_identifying = False
+        self.search.textChanged.connect(self._refill)
+
+    def set_tags(self, tags) -> None:
+        self._tags = tuple(tags or ())
+        self._refill()
+
+    def set_hide_identifying(self, hide: bool) -> None:
+        self.hide_identifying = hide
+        self._refill()
+
+    def _refill(self) -> None:
+        needle = self.search.text().strip().lower()
+        self.tree.clear()
+        rows = []
+        for tag in self._tags:
+            if self.hide_identifying and tag.tag.startswith(IDENTIFYING_PREFIXES):
+                continue
+            text = f"{tag.tag} {tag.keyword} {tag.value}".lower()
+            if needle and needle not in text:
+                continue
+            rows.append(QTreeWidgetItem([tag.tag, tag.keyword, tag.vr, tag.value]))
+        self.tree.addTopLevelItems(rows)
+        for column in range(3):
+            self.tree.resizeColumnToContents(column)
+
+    def visible_rows(self) -> int:
+        return self.tree.topLevelItemCount()

@@ -1,0 +1,190 @@
+"""The reading session: which files are open, which image and frame is shown, the model, and
+the background jobs that load and analyse them. Qt-signal based, no widgets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import QObject, Signal
+
+import engine
+from viewer import logs
+from viewer.display import DisplayImage, make_display_image
+from viewer.jobs import JobRunner
+
+log = logging.getLogger("lantern.session")
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    source: "engine.SourceImage"
+    display: DisplayImage
+    index: int  # position in the file list
+    count: int  # files in the list
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files as given; folders become their image files (sorted, recursively)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if child.suffix.lower() in IMAGE_SUFFIXES or (child.suffix == "" and child.name != "DICOMDIR"):
+                    files.append(child)
+        else:
+            files.append(path)
+    return files
+
+
+def _load(path: Path, frame: int, index: int, count: int) -> LoadedImage:
+    source = engine.load_image(path, frame)
+    return LoadedImage(source, make_display_image(source.pixels), index, count)
+
+
+class Session(QObject):
+    modelReady = Signal(object)  # engine.LoadedModel
+    modelFailed = Signal(str)
+    imageReady = Signal(object)  # LoadedImage
+    imageFailed = Signal(str)
+    progress = Signal(int, int, str)
+    analysisReady = Signal(object)  # engine.Analysis
+    analysisState = Signal(str)  # running / done / cancelled / failed
+    analysisFailed = Signal(str)
+
+    def __init__(self, parent: QObject | None = None, *, mc_samples: int = 20,
+                 steps_factory: Callable | None = None):
+        super().__init__(parent)
+        self.runner = JobRunner(self)
+        self.files: list[Path] = []
+        self.index = -1
+        self.frame = 0
+        self.model = None
+        self.image: LoadedImage | None = None
+        self.analysis = None
+        self.mc_samples = mc_samples
+        # Tests substitute a slow or failing generator here; production uses the engine's.
+        self.steps_factory = steps_factory or engine.analysis_steps
+        self._image_request: int | None = None
+        self._analysis_request: int | None = None
+        self._model_request: int | None = None
+
+    # model -----------------------------------------------------------------
+    def load_model(self, folder: str | Path, engine_name: str = "auto") -> None:
+        folder = Path(folder)
+        self._model_request = self.runner.call(
+            lambda: engine.load_model(folder, engine_name), "loading the model",
+            self._model_done, self._model_failed)
+
+    def _model_done(self, request: int, model) -> None:
+        if request != self._model_request:
+            return
+        self.model = model
+        self.modelReady.emit(model)
+        if self.image is not None:
+            self.analyse()
+
+    def _model_failed(self, request: int, message: str) -> None:
+        if request == self._model_request:
+            self.modelFailed.emit(message)
+
+    # images ------------------------------------------------------------------
+    def open_paths(self, paths) -> bool:
+        files = expand_paths(paths)
+        if not files:
+            self.imageFailed.emit("No image files found in " + ", ".join(Path(p).name for p in paths))
+            return False
+        self.files = files
+        self.show_index(0)
+        return True
+
+    def show_index(self, index: int, frame: int = 0) -> None:
+        if not self.files:
+            return
+        self.index = max(0, min(index, len(self.files) - 1))
+        self.frame = frame
+        self.cancel()  # the user has moved on: whatever was running is for another image
+        self.analysis = None
+        path = self.files[self.index]
+        logs.register_path(path)
+        index, count = self.index, len(self.files)
+        self._image_request = self.runner.call(
+            lambda: _load(path, frame, index, count), "loading an image",
+            self._image_done, self._image_failed)
+
+    def step(self, delta: int) -> None:
+        """Wheel / arrow: next frame of a multi-frame file, else the next file."""
+        if self.image is not None and self.image.source.n_frames > 1:
+            frame = self.frame + delta
+            if 0 <= frame < self.image.source.n_frames:
+                self.show_index(self.index, frame)
+                return
+        self.step_file(delta)
+
+    def step_file(self, delta: int) -> None:
+        target = self.index + delta
+        if self.files and 0 <= target < len(self.files) and target != self.index:
+            self.show_index(target)
+
+    def _image_done(self, request: int, image: LoadedImage) -> None:
+        if request != self._image_request:
+            return  # an image the user already scrolled past
+        self.image = image
+        self.imageReady.emit(image)
+        if self.model is not None:
+            self.analyse()
+
+    def _image_failed(self, request: int, message: str) -> None:
+        if request == self._image_request:
+            self.imageFailed.emit(message)
+
+    # analysis ----------------------------------------------------------------
+    def analyse(self) -> None:
+        if self.model is None or self.image is None:
+            return
+        self.cancel()
+        source, model = self.image.source, self.model
+        options = engine.AnalysisOptions(methods=DEFAULT_METHODS, mc_samples=self.mc_samples)
+        factory = self.steps_factory
+        self._analysis_request = self.runner.steps(
+            lambda: factory(source, model, options), "analysing an image",
+            self._analysis_done, self._analysis_failed, self._analysis_progress, self._analysis_cancelled)
+        self.analysisState.emit("running")
+
+    def cancel(self) -> bool:
+        request, self._analysis_request = self._analysis_request, None
+        if request is not None and self.runner.cancel(request):
+            self.analysisState.emit("cancelled")
+            return True
+        return False
+
+    @property
+    def analysing(self) -> bool:
+        return self._analysis_request is not None
+
+    def _analysis_progress(self, request: int, step: int, total: int, stage: str) -> None:
+        if request == self._analysis_request:
+            self.progress.emit(step, total, stage)
+
+    def _analysis_done(self, request: int, analysis) -> None:
+        if request != self._analysis_request:
+            return
+        self._analysis_request = None
+        self.analysis = analysis
+        self.analysisReady.emit(analysis)
+        self.analysisState.emit("done")
+
+    def _analysis_failed(self, request: int, message: str) -> None:
+        if request != self._analysis_request:
+            return
+        self._analysis_request = None
+        self.analysisFailed.emit(message)
+        self.analysisState.emit("failed")
+
+    def _analysis_cancelled(self, request: int) -> None:
+        log.info("analysis %d cancelled", request)

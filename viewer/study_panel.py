@@ -1,0 +1,141 @@
+"""Study browser: studies -> series -> images from engine.studies.scan_studies, with
+thumbnails made in the background after the tree is shown."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+import engine
+from viewer.class_strip import rgb_pixmap
+from viewer.display import thumbnail
+
+log = logging.getLogger("lantern.studies")
+PATH_ROLE = Qt.ItemDataRole.UserRole
+THUMB = 56
+MAX_THUMBNAILS = 200
+
+
+def scan(paths) -> tuple[list, list]:
+    from engine.studies import scan_studies
+
+    studies, skipped = [], []
+    for path in paths:
+        result = scan_studies(path)
+        studies.extend(result.studies)
+        skipped.extend(result.skipped)
+    return studies, skipped
+
+
+def make_thumbnails(paths: list[Path]) -> dict[Path, np.ndarray]:
+    thumbs = {}
+    for path in paths[:MAX_THUMBNAILS]:
+        try:
+            source = engine.load_image(path)
+        except engine.ImageLoadError as exc:
+            log.info("no thumbnail: %s", exc)  # the reader sees the error when opening it
+            continue
+        w = source.window
+        thumbs[path] = thumbnail(source.pixels, (w.low, w.high), None, np.zeros((256, 4), np.uint8), 0.0, THUMB)
+    return thumbs
+
+
+class StudyPanel(QWidget):
+    def __init__(self, session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self.tree = QTreeWidget()
+        self.tree.setHeaderHidden(True)
+        self.tree.setIconSize(QSize(THUMB, THUMB))
+        self.info = QLabel("Open a folder to browse its studies.")
+        self.info.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.info)
+        self.hide_identifying = False
+        self._studies: list = []
+        self._items: dict[Path, QTreeWidgetItem] = {}
+        self._request = None
+        self.tree.itemActivated.connect(self._open_item)
+        self.tree.itemClicked.connect(self._open_item)
+
+    def scan(self, paths) -> None:
+        paths = [Path(p) for p in paths]
+        self.info.setText("Scanning…")
+        self._request = self.session.runner.call(lambda: scan(paths), "scanning studies",
+                                                 self._scanned, self._failed)
+
+    def _failed(self, request: int, message: str) -> None:
+        if request == self._request:
+            self.info.setText(f"Could not scan: {message}")
+
+    def _scanned(self, request: int, result) -> None:
+        if request != self._request:
+            return
+        self._studies, skipped = result
+        self.refill()
+        n_images = len(self._items)
+        note = f"{len(self._studies)} studies, {n_images} images"
+        if skipped:
+            note += f"; {len(skipped)} files skipped (not images)"
+        self.info.setText(note)
+        paths = list(self._items)
+        self.session.runner.call(lambda: make_thumbnails(paths), "making thumbnails",
+                                 self._thumbnails, lambda _r, _m: None)
+
+    def set_hide_identifying(self, hide: bool) -> None:
+        self.hide_identifying = hide
+        self.refill()
+
+    def refill(self) -> None:
+        self.tree.clear()
+        self._items = {}
+        for study in self._studies:
+            who = "" if self.hide_identifying or not study.patient_name else f"{study.patient_name} · "
+            when = study.study_date if not self.hide_identifying else ""
+            top = QTreeWidgetItem([f"{who}{when} {study.description}".strip() or "Study"])
+            self.tree.addTopLevelItem(top)
+            for series in study.series:
+                label = f"{series.modality} {series.description}".strip() or "Series"
+                node = QTreeWidgetItem([f"{label} ({len(series.images)})"])
+                top.addChild(node)
+                for ref in series.images:
+                    frames = f" [{ref.frames} frames]" if ref.frames > 1 else ""
+                    item = QTreeWidgetItem([f"{ref.path.name}{frames}"])
+                    item.setData(0, PATH_ROLE, str(ref.path))
+                    node.addChild(item)
+                    self._items[ref.path] = item
+            top.setExpanded(True)
+            for i in range(top.childCount()):
+                top.child(i).setExpanded(True)
+
+    def _thumbnails(self, _request: int, thumbs: dict) -> None:
+        for path, rgb in thumbs.items():
+            item = self._items.get(path)
+            if item is not None:
+                icon = QIcon(rgb_pixmap(rgb))
+                item.setIcon(0, icon)
+                if item.parent() is not None and item.parent().icon(0).isNull():
+                    item.parent().setIcon(0, icon)
+
+    def image_paths(self) -> list[Path]:
+        return list(self._items)
+
+    def _open_item(self, item: QTreeWidgetItem, _column: int = 0) -> None:
+        raw = item.data(0, PATH_ROLE)
+        if not raw:
+            return
+        path = Path(raw)
+        files = self.image_paths()
+        if self.session.files != files:
+            self.session.files = files
+        if self.session.files and path in self.session.files:
+            index = self.session.files.index(path)
+            if index != self.session.index:
+                self.session.show_index(index)
