@@ -56,7 +56,9 @@ class GradCamPlusPlus(CamMethod):
         g3 = g2 * gradients
         sum_a = activations.sum(axis=(1, 2))[None, :, None, None]
         denominator = 2.0 * g2 + sum_a * g3
-        alpha = g2 / np.where(np.abs(denominator) > _EPS, denominator, _EPS)
+        # Guard only exact zeros: gradients of 1e-4 are common, and any epsilon on the order of
+        # g^2 would distort alpha there.
+        alpha = g2 / np.where(denominator != 0.0, denominator, 1.0)
         return (alpha * np.maximum(gradients, 0.0)).sum(axis=(2, 3))
 
 

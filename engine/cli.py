@@ -1,0 +1,93 @@
+"""``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LanternError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_BUNDLE = ROOT / "resources" / "models" / "demo"
+DEMO_STUDIES = ROOT / "resources" / "studies"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEMO_BUNDLE, help="model bundle folder (default: the demo model)")
+    p.add_argument("--engine", default="auto", help="torch, onnx, onnx-int8 or auto (default: fastest available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lantern-engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="analyse images; write result.json and one overlay PNG per class")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    _add_model_args(p)
+    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or layercam")
+    p.add_argument("--mc", type=int, default=20, help="Monte-Carlo dropout samples (0: none)")
+    p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame file (from 0)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("bundle", help="wrap a trained torchvision state dict into a model bundle")
+    p.add_argument("--arch", required=True, help="resnet18, resnet50, densenet121, efficientnet_b0, "
+                   "convnext_tiny or mobilenet_v3_large")
+    p.add_argument("--weights", type=Path, required=True, help=".safetensors, or a .pt/.pth state dict")
+    p.add_argument("--classes", required=True, help="comma-separated class names, in output order")
+    p.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    p.add_argument("--name")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--size", type=int, nargs="+", default=[224], help="input size: S or H W")
+    p.add_argument("--resize", default="letterbox", help="stretch, letterbox or center_crop")
+    p.add_argument("--intensity", default="percentile", help="percentile, window, minmax or unit8")
+    p.add_argument("--normalization", default=None, help="imagenet or xray (default by channels)")
+    p.add_argument("--dropout", type=float, default=0.2, help="head dropout used for MC uncertainty")
+    p.add_argument("--target-layer", default=None, help="layer to explain (default: last conv block)")
+    p.add_argument("--intended-use", default="")
+
+    p = sub.add_parser("bench", help="time plain forward vs full analysis on the demo model")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--repeats", type=int, default=30)
+
+    p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
+    p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--per-epoch", type=int, default=3000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "explain":
+            from .commands import explain_files
+
+            return explain_files(args)
+        if args.command == "bundle":
+            from .commands import bundle_command
+
+            return bundle_command(args)
+        if args.command == "bench":
+            from .benchmark import bench_command
+
+            return bench_command(args)
+        if args.command == "train-demo":
+            from .training import train_demo
+
+            train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch)
+            return 0
+    except LanternError as exc:
+        print(f"lantern-engine: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lantern-engine: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
