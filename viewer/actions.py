@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QMainWindow
+from PySide6.QtWidgets import QMainWindow, QToolButton
 
 from viewer.display import WINDOW_PRESETS
 
@@ -50,6 +50,11 @@ def install(window) -> dict[str, QAction]:
         presets.append(_action(window, f"{label} ({width:g}/{center:g})",
                                partial(window.set_window, center, width), str(i)))
     a["overlay"].setChecked(True)
+    for key, short in (("open_files", "Open"), ("open_folder", "Folder"), ("prev", "◀ Prev"),
+                       ("next", "Next ▶"), ("single", "Single"), ("opacity_down", "Opacity −"),
+                       ("opacity_up", "Opacity +"), ("reset", "Reset"), ("anonymize", "Teaching"),
+                       ("analyse", "Analyse"), ("cancel", "Cancel")):
+        a[key].setIconText(short)
 
     bar = window.menuBar()
     file_menu = bar.addMenu("&File")
@@ -74,11 +79,14 @@ def install(window) -> dict[str, QAction]:
     toolbar = window.addToolBar("Main")
     toolbar.setObjectName("mainToolbar")
     for key in ("open_files", "open_folder", None, "prev", "next", None, "single", "overlay",
-                "opacity_down", "opacity_up", "invert", "reset", "anonymize", None, "analyse"):
+                "opacity_down", "opacity_up", "invert", "reset", "anonymize", None, "analyse", "cancel"):
         if key is None:
             toolbar.addSeparator()
         else:
             toolbar.addAction(a[key])
-    for action in presets:
-        toolbar.addAction(action.text().split(" (")[0]).triggered.connect(action.trigger)
+    presets_button = QToolButton()
+    presets_button.setText("Window presets")
+    presets_button.setMenu(window_menu)
+    presets_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+    toolbar.addWidget(presets_button)
     return a

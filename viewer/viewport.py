@@ -38,11 +38,13 @@ class ReadingViewBox(pg.ViewBox):
         elif button == Qt.MouseButton.MiddleButton:
             ev.accept()
             self.translateBy(self.mapToView(ev.lastPos()) - self.mapToView(ev.pos()))
+            self.sigRangeChangedManually.emit(self.state["mouseEnabled"])
         elif button == Qt.MouseButton.RightButton:
             ev.accept()
             dy = ev.screenPos().y() - ev.lastScreenPos().y()
             factor = math.exp(dy * _ZOOM_PER_PIXEL)  # drag down = zoom out, as in Weasis
             self.scaleBy((factor, factor), self.mapToView(ev.buttonDownPos()))
+            self.sigRangeChangedManually.emit(self.state["mouseEnabled"])
         else:
             ev.ignore()
 
@@ -73,6 +75,9 @@ class Viewport(QWidget):
         self.box.addItem(self.image)
         self.box.addItem(self.overlay)
         self._shape: tuple[int, int] | None = None
+        # Until the reader zooms or pans, the image keeps fitting the viewport as it resizes.
+        self._auto_fit = True
+        self.box.sigRangeChangedManually.connect(self._stop_auto_fit)
 
         corners = QWidget()
         corners.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -124,9 +129,18 @@ class Viewport(QWidget):
         self.image.setLookupTable(gray_lut(invert))
 
     def fit(self) -> None:
+        self._auto_fit = True
         if self._shape is not None:
             h, w = self._shape
             self.box.setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
+
+    def _stop_auto_fit(self, *_):
+        self._auto_fit = False
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self._auto_fit:
+            self.fit()
 
     # overlay ---------------------------------------------------------------
     def set_overlay(self, data: np.ndarray | None) -> None:

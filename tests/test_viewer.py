@@ -1,0 +1,295 @@
+"""The viewer's main window, driven through its real widgets (pytest-qt, offscreen)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QMouseEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from engine import Progress  # noqa: E402
+from viewer.main_window import MainWindow  # noqa: E402
+from viewer.session import Session  # noqa: E402
+from viewer.settings import Settings  # noqa: E402
+
+TIMEOUT = 20_000
+
+
+def write_png(path: Path, seed: int = 0, size: int = 160) -> Path:
+    rng = np.random.default_rng(seed)
+    image = (rng.random((size, size)) * 1500 + 500).astype(np.uint16)
+    cv2.circle(image, (size // 3, size // 2), size // 8, 4000, -1)
+    cv2.rectangle(image, (size // 2, size // 5), (size - 10, size // 3), 3000, -1)
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def write_dicom(path: Path, patient="Doe^Jane") -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.StudyDate, ds.Modality = patient, "ID-4711", "20240301", "CT"
+    ds.Rows = ds.Columns = 96
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    pixels = np.full((96, 96), 1024, np.uint16)
+    cv2.circle(pixels, (48, 48), 20, 1400, -1)
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_window(qtbot, tmp_path, session=None) -> MainWindow:
+    window = MainWindow(Settings(tmp_path / "settings.ini"), session)
+    qtbot.addWidget(window)
+    window.resize(1400, 900)
+    window.show()
+    return window
+
+
+def wait_for_analysis(qtbot, window):
+    qtbot.waitUntil(lambda: window.session.analysis is not None and bool(window.strip.buttons), timeout=TIMEOUT)
+    return window.session.analysis
+
+
+@pytest.fixture
+def analysed(qtbot, tmp_path, tiny_bundle):
+    window = make_window(qtbot, tmp_path)
+    window.session.load_model(tiny_bundle)
+    window.open_paths([write_png(tmp_path / "chest.png")])
+    wait_for_analysis(qtbot, window)
+    return window
+
+
+def test_analysis_reaches_results_strip_and_gauges(analysed):
+    a = analysed.session.analysis
+    results = analysed.results
+    assert results.prediction.text().startswith(f"Predicted: {a.predicted_class}")
+    for label, name, p in zip(results.class_labels, a.classes, a.probabilities):
+        assert f"{name}: {p:.3f}" in label.text()
+    np.testing.assert_allclose(results.bars.opts["width"], a.probabilities, rtol=1e-6)
+    assert [b.text().split("\n")[0] for b in analysed.strip.buttons] == list(a.classes)
+    for button, p in zip(analysed.strip.buttons, a.probabilities):
+        assert button.text().endswith(f"{float(p):.1%}")
+    u = a.uncertainty
+    assert results.confidence.value == pytest.approx(u.confidence)
+    assert results.mutual_info.value == pytest.approx(u.mutual_information)
+    assert results.confidence.marker.value() == pytest.approx(u.threshold)
+    assert results.flag.isVisibleTo(results) == u.flagged
+    assert "tiny-test-model" in results.model_info.text() and "torch" in results.model_info.text()
+    assert not results.demo_notice.isVisibleTo(results)
+    assert analysed.explained.overlay.isVisible()
+    assert analysed.seen.viewport.image.image.shape[:2] == a.model_input.seen.shape[:2]
+
+
+def test_clicking_a_class_thumbnail_changes_the_overlay(qtbot, analysed):
+    a = analysed.session.analysis
+    shown = analysed.class_index
+    before = analysed.explained.overlay.image.copy()
+    maps = a.maps["gradcam"].normalized
+    others = [i for i in range(len(a.classes)) if not np.allclose(maps[i], maps[shown], atol=1 / 255)]
+    if not others:
+        analysed.controls.method.setCurrentIndex(analysed.controls.method.findData("layercam"))
+        before = analysed.explained.overlay.image.copy()
+        maps = a.maps["layercam"].normalized
+        others = [i for i in range(len(a.classes)) if not np.allclose(maps[i], maps[shown], atol=1 / 255)]
+    assert others, "the test model gives every class the same map"
+    qtbot.mouseClick(analysed.strip.buttons[others[0]], Qt.MouseButton.LeftButton)
+    after = analysed.explained.overlay.image
+    assert analysed.class_index == others[0]
+    assert not np.array_equal(before, after)
+    assert analysed.strip.buttons[others[0]].isChecked()
+
+
+def test_method_and_compare_view(analysed):
+    a = analysed.session.analysis
+    compare = analysed.compare.viewports
+    assert set(compare) == {"gradcam", "gradcam++", "layercam"}
+    idx = analysed.class_index
+    for method, viewport in compare.items():
+        expected = np.clip(a.maps[method].normalized[idx] * 255 + 0.5, 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(viewport.overlay.image, expected)
+    analysed.controls.method.setCurrentIndex(analysed.controls.method.findData("gradcam++"))
+    np.testing.assert_array_equal(analysed.explained.overlay.image, compare["gradcam++"].overlay.image)
+
+
+def test_opacity_slider_and_keys_change_overlay_opacity(qtbot, analysed):
+    analysed.controls.opacity.setValue(80)
+    assert analysed.explained.overlay.opacity() == pytest.approx(0.8)
+    qtbot.keyClick(analysed, Qt.Key.Key_BracketLeft)
+    assert analysed.explained.overlay.opacity() == pytest.approx(0.7)
+    qtbot.keyClick(analysed, Qt.Key.Key_O)
+    assert not analysed.explained.overlay.isVisible()
+    qtbot.keyClick(analysed, Qt.Key.Key_O)
+    assert analysed.explained.overlay.isVisible()
+
+
+def test_threshold_and_contour_change_the_lut_alpha_only(analysed):
+    data_before = analysed.explained.overlay.image
+    analysed.controls.threshold.setValue(50)
+    lut = analysed.explained.overlay.lut
+    assert lut[:120, 3].max() == 0 and lut[140:, 3].min() == 255
+    analysed.controls.contour.setChecked(True)
+    assert 0 < (analysed.explained.overlay.lut[:, 3] > 0).sum() < 40
+    assert analysed.explained.overlay.image is data_before
+
+
+def test_zooming_one_viewport_moves_the_other(qtbot, analysed):
+    before = analysed.explained.box.viewRange()
+    analysed.original.box.scaleBy((0.5, 0.5))
+    qtbot.waitUntil(lambda: analysed.explained.box.viewRange() != before, timeout=2000)
+    np.testing.assert_allclose(analysed.explained.box.viewRange(), analysed.original.box.viewRange(), rtol=1e-3)
+
+
+def _drag(widget, button, start: QPointF, delta: QPointF, steps: int = 6) -> None:
+    def send(kind, pos, buttons, which):
+        event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), which, buttons, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(widget, event)
+
+    send(QEvent.Type.MouseButtonPress, start, button, button)
+    for i in range(1, steps + 1):
+        send(QEvent.Type.MouseMove, start + delta * (i / steps), button, Qt.MouseButton.NoButton)
+    send(QEvent.Type.MouseButtonRelease, start + delta, Qt.MouseButton.NoButton, button)
+
+
+def test_left_drag_changes_window_levels_in_both_viewports(qtbot, analysed):
+    before = tuple(analysed.original.image.levels)
+    view = analysed.original.view.viewport()
+    center = QPointF(view.width() / 2, view.height() / 2)
+    _drag(view, Qt.MouseButton.LeftButton, center, QPointF(80, 40))
+    after = tuple(analysed.original.image.levels)
+    assert after != before
+    assert tuple(analysed.explained.image.levels) == after
+    assert "W " in analysed.original.corner_labels["bottom_left"].text()
+
+
+def test_right_drag_zooms_and_keys_set_presets(qtbot, analysed):
+    range_before = analysed.original.box.viewRange()
+    view = analysed.explained.view.viewport()
+    _drag(view, Qt.MouseButton.RightButton, QPointF(view.width() / 2, view.height() / 2), QPointF(0, -60))
+    assert analysed.original.box.viewRange() != range_before
+    qtbot.keyClick(analysed, Qt.Key.Key_2)  # lung 1500/-600
+    assert analysed.window_cw == (-600.0, 1500.0)
+    qtbot.keyClick(analysed, Qt.Key.Key_Space)
+    src = analysed.session.image.source.window
+    assert analysed.window_cw == (src.center, src.width)
+    qtbot.keyClick(analysed, Qt.Key.Key_V)
+    assert not analysed.original.isVisible() and analysed.explained.isVisible()
+
+
+def slow_steps(record):
+    def factory(image, model, options):
+        try:
+            for step in range(200):
+                time.sleep(0.02)
+                yield Progress("slow", step, 200)
+        finally:
+            record.append("closed")
+        raise AssertionError("the slow analysis should have been cancelled")
+    return factory
+
+
+def test_cancel_stops_a_running_analysis(qtbot, tmp_path, tiny_bundle):
+    record: list[str] = []
+    session = Session(steps_factory=slow_steps(record))
+    window = make_window(qtbot, tmp_path, session)
+    session.load_model(tiny_bundle)
+    window.open_paths([write_png(tmp_path / "a.png")])
+    qtbot.waitUntil(lambda: window.cancel_button.isVisible() and window.progress.value() > 2, timeout=TIMEOUT)
+    with qtbot.assertNotEmitted(session.analysisReady, wait=800):
+        qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: record == ["closed"], timeout=5000)
+    assert window.results.prediction.text() == "Analysis cancelled"
+    assert not window.cancel_button.isVisible()
+    assert session.analysis is None
+
+
+def test_results_for_a_left_image_are_dropped(qtbot, tmp_path, tiny_bundle):
+    window = make_window(qtbot, tmp_path)
+    window.session.load_model(tiny_bundle)
+    qtbot.waitUntil(lambda: window.session.model is not None, timeout=TIMEOUT)
+    first, second = write_png(tmp_path / "first.png", 1), write_png(tmp_path / "second.png", 2)
+    window.open_paths([first, second])
+    window.session.step(1)  # leave the first image at once
+    analysis = wait_for_analysis(qtbot, window)
+    assert analysis.source == second
+    assert window.session.image.source.path == second
+
+
+def test_corrupt_file_shows_message_and_window_keeps_working(qtbot, tmp_path, tiny_bundle):
+    window = make_window(qtbot, tmp_path)
+    window.session.load_model(tiny_bundle)
+    bad = tmp_path / "broken_scan.dcm"
+    bad.write_bytes(b"DICM? no, just some bytes that are not an image" * 3)
+    window.open_paths([bad])
+    qtbot.waitUntil(window.banner.isVisible, timeout=TIMEOUT)
+    assert "broken_scan.dcm" in window.banner.text()
+    assert "broken_scan.dcm" in window.status_text.text()
+    window.open_paths([write_png(tmp_path / "good.png")])
+    analysis = wait_for_analysis(qtbot, window)
+    assert analysis.source.name == "good.png"
+    assert not window.banner.isVisible()
+
+
+def test_no_uncertainty_shows_the_note_and_demo_notice(qtbot, tmp_path, tiny_bundle):
+    from conftest import make_bundle
+
+    demo = make_bundle(tmp_path / "demo", synthetic_demo=True)
+    window = make_window(qtbot, tmp_path, Session(mc_samples=0))
+    window.session.load_model(demo)
+    window.open_paths([write_png(tmp_path / "c.png")])
+    analysis = wait_for_analysis(qtbot, window)
+    assert analysis.uncertainty is None
+    results = window.results
+    assert results.note.isVisibleTo(results) and results.note.text() == analysis.uncertainty_note
+    assert not results.confidence.isVisibleTo(results)
+    assert results.demo_notice.isVisibleTo(results)
+    assert results.demo_notice.text() == "Synthetic demo model: not for diagnosis"
+
+
+def test_dicom_tags_search_and_teaching_mode(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([write_dicom(tmp_path / "ct.dcm")])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert "Doe^Jane" in window.original.corner_labels["top_left"].text()
+    all_rows = window.tags.visible_rows()
+    window.tags.search.setText("PatientName")
+    assert window.tags.visible_rows() == 1
+    window.tags.search.setText("")
+    qtbot.keyClick(window, Qt.Key.Key_H)
+    assert "Doe^Jane" not in window.original.corner_labels["top_left"].text()
+    assert window.tags.visible_rows() < all_rows
+    window.tags.search.setText("PatientName")
+    assert window.tags.visible_rows() == 0
+    qtbot.waitUntil(lambda: window.studies.tree.topLevelItemCount() == 1, timeout=TIMEOUT)
+    assert "Doe^Jane" not in window.studies.tree.topLevelItem(0).text(0)
+
+
+def test_settings_survive_a_restart(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    window.controls.opacity.setValue(35)
+    window.controls.colormap.setCurrentText("cividis")
+    window.controls.method.setCurrentIndex(window.controls.method.findData("layercam"))
+    window.close()
+    again = make_window(qtbot, tmp_path)
+    assert again.controls.opacity.value() == 35
+    assert again.controls.colormap.currentText() == "cividis"
+    assert again.controls.method_key() == "layercam"
+    assert again.explained.overlay.opacity() == pytest.approx(0.35)
