@@ -71,6 +71,9 @@ class DisplayImage:
     offset: float
     scale: float
     is_color: bool
+    # An area-averaged copy (longest side <= REDUCED_SIDE) shown while zoomed out: window
+    # changes then re-render a quarter of the pixels, and small views alias less.
+    reduced: np.ndarray | None = None
 
     def to_display(self, value: float) -> float:
         return (value - self.offset) * self.scale
@@ -86,9 +89,23 @@ class DisplayImage:
         return self.offset, self.offset + 65535.0 / self.scale
 
 
+REDUCED_SIDE = 1024
+
+
+def _reduced(data: np.ndarray) -> np.ndarray | None:
+    import cv2
+
+    h, w = data.shape[:2]
+    factor = int(np.ceil(max(h, w) / REDUCED_SIDE))
+    if factor < 2:
+        return None
+    return cv2.resize(data, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+
+
 def make_display_image(pixels: np.ndarray) -> DisplayImage:
     if pixels.ndim == 3:
-        return DisplayImage(np.ascontiguousarray(pixels), 0.0, 1.0, True)
+        data = np.ascontiguousarray(pixels)
+        return DisplayImage(data, 0.0, 1.0, True, _reduced(data))
     finite = pixels[np.isfinite(pixels)] if not np.isfinite(pixels).all() else pixels
     low = float(finite.min()) if finite.size else 0.0
     high = float(finite.max()) if finite.size else 1.0
@@ -99,7 +116,7 @@ def make_display_image(pixels: np.ndarray) -> DisplayImage:
     scale = 1.0 if integral else 65535.0 / span
     data = np.nan_to_num((pixels - low) * scale, nan=0.0, posinf=65535.0, neginf=0.0)
     data = np.clip(data + 0.5 if not integral else data, 0, 65535).astype(np.uint16)
-    return DisplayImage(data, low, scale, False)
+    return DisplayImage(data, low, scale, False, _reduced(data))
 
 
 def map_to_uint8(values: np.ndarray, top: float) -> np.ndarray:

@@ -40,9 +40,10 @@ class OverlayMixin:
         key = (method, class_index, scale)
         if key not in self._map_cache:
             maps = analysis.maps[method]
+            ready = self.session.display_maps.get(method)
             if scale == "normalized":
                 top = 1.0
-                data = map_to_uint8(maps.normalized[class_index], 1.0)
+                data = ready[class_index] if ready else map_to_uint8(maps.normalized[class_index], 1.0)
             else:
                 top = float(maps.absolute.max())  # one scale for every class of this image
                 data = map_to_uint8(maps.absolute[class_index], top)

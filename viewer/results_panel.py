@@ -109,7 +109,7 @@ class ResultsPanel(QWidget):
         for label in self.class_labels:
             label.setText("")
         self.bars.setOpts(x0=[], y=[], height=[], width=[])
-        self.errors.setData(x=np.zeros(0), y=np.zeros(0))
+        self.errors.setData(x=np.zeros(0), y=np.zeros(0), left=np.zeros(0), right=np.zeros(0))
         for gauge in (self.confidence, self.entropy, self.mutual_info):
             gauge.setVisible(False)
         self.flag.setVisible(False)

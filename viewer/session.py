@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, Signal
 
 import engine
 from viewer import logs
-from viewer.display import DisplayImage, make_display_image
+from viewer.display import DisplayImage, make_display_image, map_to_uint8
 from viewer.jobs import JobRunner
 
 log = logging.getLogger("lantern.session")
@@ -42,6 +42,14 @@ def expand_paths(paths) -> list[Path]:
     return files
 
 
+def with_display_maps(steps):
+    """Run the engine's steps, then convert every normalized map to the overlay's uint8 here,
+    on the worker, so that showing a class or method later costs the GUI thread nothing."""
+    analysis = yield from steps
+    display = {method: [map_to_uint8(m, 1.0) for m in maps.normalized] for method, maps in analysis.maps.items()}
+    return analysis, display
+
+
 def _load(path: Path, frame: int, index: int, count: int) -> LoadedImage:
     source = engine.load_image(path, frame)
     return LoadedImage(source, make_display_image(source.pixels), index, count)
@@ -67,6 +75,7 @@ class Session(QObject):
         self.model = None
         self.image: LoadedImage | None = None
         self.analysis = None
+        self.display_maps: dict[str, list] = {}  # method -> per-class uint8 overlay data
         self.mc_samples = mc_samples
         # Tests substitute a slow or failing generator here; production uses the engine's.
         self.steps_factory = steps_factory or engine.analysis_steps
@@ -152,7 +161,7 @@ class Session(QObject):
         options = engine.AnalysisOptions(methods=DEFAULT_METHODS, mc_samples=self.mc_samples)
         factory = self.steps_factory
         self._analysis_request = self.runner.steps(
-            lambda: factory(source, model, options), "analysing an image",
+            lambda: with_display_maps(factory(source, model, options)), "analysing an image",
             self._analysis_done, self._analysis_failed, self._analysis_progress, self._analysis_cancelled)
         self.analysisState.emit("running")
 
@@ -171,10 +180,11 @@ class Session(QObject):
         if request == self._analysis_request:
             self.progress.emit(step, total, stage)
 
-    def _analysis_done(self, request: int, analysis) -> None:
+    def _analysis_done(self, request: int, result) -> None:
         if request != self._analysis_request:
             return
         self._analysis_request = None
+        analysis, self.display_maps = result
         self.analysis = analysis
         self.analysisReady.emit(analysis)
         self.analysisState.emit("done")

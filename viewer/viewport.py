@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QWidget
 
 from viewer.display import DisplayImage, gray_lut
@@ -77,7 +77,10 @@ class Viewport(QWidget):
         self._shape: tuple[int, int] | None = None
         # Until the reader zooms or pans, the image keeps fitting the viewport as it resizes.
         self._auto_fit = True
+        self._display: DisplayImage | None = None
+        self._level: str | None = None
         self.box.sigRangeChangedManually.connect(self._stop_auto_fit)
+        self.box.sigRangeChanged.connect(lambda *_: self._show_level())
 
         corners = QWidget()
         corners.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -109,18 +112,41 @@ class Viewport(QWidget):
 
     # image -----------------------------------------------------------------
     def set_image(self, display: DisplayImage | None, levels: tuple[float, float] | None = None):
+        self._display = display
+        self._level = None
         if display is None:
             self.image.clear()
             self.overlay.clear()
             self._shape = None
             return
         levels = levels or (0.0, 255.0 if display.is_color else 65535.0)
-        self.image.setImage(display.data, levels=levels, autoLevels=False)
         self.image.setLookupTable(gray_lut(False))
+        self._show_level(levels)
         new_shape = display.data.shape[:2]
         if new_shape != self._shape:
             self._shape = new_shape
             self.fit()
+
+    def _show_level(self, levels=None) -> None:
+        """Full resolution when zoomed in, the reduced copy when it has enough pixels."""
+        display = self._display
+        if display is None:
+            return
+        level = "full"
+        if display.reduced is not None:
+            factor = display.data.shape[1] / display.reduced.shape[1]
+            level = "reduced" if self.zoom() * factor <= 1.0 else "full"
+        if level == self._level:
+            return
+        self._level = level
+        h, w = display.data.shape[:2]
+        data = display.reduced if level == "reduced" else display.data
+        self.image.setImage(data, levels=levels if levels is not None else self.image.levels,
+                            autoLevels=False, rect=QRectF(0, 0, w, h))
+
+    @property
+    def shows_reduced(self) -> bool:
+        return self._level == "reduced"
 
     def set_levels(self, levels: tuple[float, float]) -> None:
         self.image.setLevels(levels)
