@@ -100,13 +100,14 @@ def load_weights(model: nn.Module, bundle: ModelBundle) -> None:
             detail.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise ModelBundleError(
             f"the weights do not fit a {bundle.architecture}: parameters " + "; ".join(detail), bundle.folder)
+    head_weight = state.get(ARCHITECTURES[bundle.architecture].final_linear + ".weight")
+    if head_weight is not None and head_weight.shape[0] != bundle.num_classes:
+        raise ModelBundleError(
+            f"the manifest lists {bundle.num_classes} classes; the weights have {head_weight.shape[0]}",
+            bundle.folder)
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            hint = ""
-            if key.endswith(("fc.weight", "classifier.weight", "classifier.1.weight",
-                             "classifier.2.weight", "classifier.3.weight")):
-                hint = f" (the manifest lists {bundle.num_classes} classes; the weights have {tensor.shape[0]})"
             raise ModelBundleError(
                 f"weight '{key}' has shape {tuple(tensor.shape)} but a {bundle.architecture} with this "
-                f"manifest needs {tuple(expected[key].shape)}{hint}", bundle.folder)
+                f"manifest needs {tuple(expected[key].shape)} (check input channels and size)", bundle.folder)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
