@@ -8,7 +8,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import QButtonGroup, QHBoxLayout, QToolButton, QWidget
 
-THUMB = 112
+THUMB = 96
 
 
 def rgb_pixmap(rgb: np.ndarray) -> QPixmap:

@@ -18,7 +18,8 @@ class ColorBar(pg.PlotWidget):
     def __init__(self):
         super().__init__()
         self.setFixedWidth(78)
-        self.setMinimumHeight(150)
+        self.setMinimumHeight(140)
+        self.getPlotItem().setContentsMargins(0, 10, 4, 10)  # room for the end labels
         self.setMenuEnabled(False)
         self.setMouseEnabled(False, False)
         self.hideButtons()
@@ -77,6 +78,7 @@ class OverlayControls(QWidget):
         form.addRow("Threshold", self.threshold)
         form.addRow("Scale", scale_row)
         form.addRow("Display", self.contour)
+        self.setMinimumWidth(420)
         layout = QHBoxLayout(self)
         layout.addLayout(form, 1)
         layout.addWidget(self.colorbar)

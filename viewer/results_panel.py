@@ -31,7 +31,7 @@ class Gauge(QWidget):
         super().__init__()
         self.maximum = maximum
         self.label = QLabel(title)
-        self.plot = _small_plot(44)
+        self.plot = _small_plot(38)
         self.plot.hideAxis("left")
         self.plot.setXRange(0, maximum, padding=0)
         self.plot.setYRange(-0.5, 0.5, padding=0)

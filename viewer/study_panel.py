@@ -17,7 +17,7 @@ from viewer.display import thumbnail
 
 log = logging.getLogger("lantern.studies")
 PATH_ROLE = Qt.ItemDataRole.UserRole
-THUMB = 56
+THUMB = 40
 MAX_THUMBNAILS = 200
 
 
@@ -121,8 +121,6 @@ class StudyPanel(QWidget):
             if item is not None:
                 icon = QIcon(rgb_pixmap(rgb))
                 item.setIcon(0, icon)
-                if item.parent() is not None and item.parent().icon(0).isNull():
-                    item.parent().setIcon(0, icon)
 
     def image_paths(self) -> list[Path]:
         return list(self._items)

@@ -81,6 +81,7 @@ class Viewport(QWidget):
         self._level: str | None = None
         self.box.sigRangeChangedManually.connect(self._stop_auto_fit)
         self.box.sigRangeChanged.connect(lambda *_: self._show_level())
+        self.box.sigResized.connect(self._resized)
 
         corners = QWidget()
         corners.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
@@ -96,11 +97,14 @@ class Viewport(QWidget):
         ):
             label = QLabel()
             label.setAlignment(align)
+            # A dim backing keeps the text legible over bright parts of the image.
+            label.setStyleSheet("background: rgba(0, 0, 0, 120); padding: 1px 3px;")
             label.setObjectName(f"corner_{name}")
+            label.setVisible(False)
             grid.addWidget(label, row, col, align)
             self.corner_labels[name] = label
         if title:
-            self.corner_labels["top_right"].setText(title)
+            self.set_corner("top_right", title)
         self.title = title
 
         layout = QGridLayout(self)
@@ -163,8 +167,7 @@ class Viewport(QWidget):
     def _stop_auto_fit(self, *_):
         self._auto_fit = False
 
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
+    def _resized(self, *_) -> None:
         if self._auto_fit:
             self.fit()
 
@@ -186,7 +189,9 @@ class Viewport(QWidget):
 
     # annotations -----------------------------------------------------------
     def set_corner(self, corner: str, text: str) -> None:
-        self.corner_labels[corner].setText(text)
+        label = self.corner_labels[corner]
+        label.setText(text)
+        label.setVisible(bool(text))  # an empty label would still show its dark backing
 
     def zoom(self) -> float:
         """Screen pixels per image pixel."""
