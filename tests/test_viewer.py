@@ -72,7 +72,7 @@ def wait_for_analysis(qtbot, window):
 @pytest.fixture
 def analysed(qtbot, tmp_path, tiny_bundle):
     window = make_window(qtbot, tmp_path)
-    window.session.load_model(tiny_bundle)
+    window.load_model(tiny_bundle)
     window.open_paths([write_png(tmp_path / "chest.png")])
     wait_for_analysis(qtbot, window)
     return window
@@ -223,7 +223,7 @@ def test_cancel_stops_a_running_analysis(qtbot, tmp_path, tiny_bundle):
 
 def test_results_for_a_left_image_are_dropped(qtbot, tmp_path, tiny_bundle):
     window = make_window(qtbot, tmp_path)
-    window.session.load_model(tiny_bundle)
+    window.load_model(tiny_bundle)
     qtbot.waitUntil(lambda: window.session.model is not None, timeout=TIMEOUT)
     first, second = write_png(tmp_path / "first.png", 1), write_png(tmp_path / "second.png", 2)
     window.open_paths([first, second])
@@ -235,7 +235,7 @@ def test_results_for_a_left_image_are_dropped(qtbot, tmp_path, tiny_bundle):
 
 def test_corrupt_file_shows_message_and_window_keeps_working(qtbot, tmp_path, tiny_bundle):
     window = make_window(qtbot, tmp_path)
-    window.session.load_model(tiny_bundle)
+    window.load_model(tiny_bundle)
     bad = tmp_path / "broken_scan.dcm"
     bad.write_bytes(b"DICM? no, just some bytes that are not an image" * 3)
     window.open_paths([bad])
@@ -253,7 +253,7 @@ def test_no_uncertainty_shows_the_note_and_demo_notice(qtbot, tmp_path, tiny_bun
 
     demo = make_bundle(tmp_path / "demo", synthetic_demo=True)
     window = make_window(qtbot, tmp_path, Session(mc_samples=0))
-    window.session.load_model(demo)
+    window.load_model(demo)
     window.open_paths([write_png(tmp_path / "c.png")])
     analysis = wait_for_analysis(qtbot, window)
     assert analysis.uncertainty is None
@@ -293,3 +293,29 @@ def test_settings_survive_a_restart(qtbot, tmp_path):
     assert again.controls.colormap.currentText() == "cividis"
     assert again.controls.method_key() == "layercam"
     assert again.explained.overlay.opacity() == pytest.approx(0.35)
+
+
+def test_opening_a_folder_shows_its_studies_and_steps_through_them(qtbot, tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    write_png(folder / "one.png", 1)
+    write_png(folder / "two.png", 2)
+    (folder / "notes.txt").write_text("not an image")
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([folder])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert window.studies.image_paths() == [folder / "one.png", folder / "two.png"]
+    assert window.session.image.source.path == folder / "one.png"
+    qtbot.keyClick(window, Qt.Key.Key_Right)
+    qtbot.waitUntil(lambda: window.session.image.source.path == folder / "two.png", timeout=TIMEOUT)
+    assert "Image 2/2" in window.original.corner_labels["bottom_right"].text()
+    assert window.settings.recent_files()[0] == str(folder / "two.png")
+
+
+def test_engine_choice_is_remembered_and_reopens_the_model(qtbot, analysed):
+    first = analysed.session.model
+    analysed.actions_["engine_torch"].trigger()
+    qtbot.waitUntil(lambda: analysed.session.model is not first and analysed.session.analysis is not None,
+                    timeout=TIMEOUT)
+    assert analysed.settings.get("engine") == "torch"
+    assert analysed.session.model.engine == "torch"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QToolButton
 
 from viewer.display import WINDOW_PRESETS
@@ -75,6 +75,15 @@ def install(window) -> dict[str, QAction]:
     analysis_menu = bar.addMenu("&Analysis")
     analysis_menu.addAction(a["analyse"])
     analysis_menu.addAction(a["cancel"])
+    engine_menu = analysis_menu.addMenu("Engine")
+    engines = QActionGroup(window)
+    for name in ("auto", "torch", "onnx", "onnx-int8"):
+        action = engine_menu.addAction(name)
+        action.setCheckable(True)
+        action.setChecked(name == window.settings.get("engine"))
+        engines.addAction(action)
+        action.triggered.connect(lambda *_, n=name: window.set_engine(n))
+        a[f"engine_{name}"] = action
 
     toolbar = window.addToolBar("Main")
     toolbar.setObjectName("mainToolbar")

@@ -40,10 +40,14 @@ def default_paths(args) -> list[Path]:
     return [DEMO_STUDIES] if DEMO_STUDIES.is_dir() and any(DEMO_STUDIES.iterdir()) else []
 
 
-def default_model(args) -> Path | None:
+def default_model(args, remembered: str = "") -> Path | None:
     if args.model:
         return args.model
-    return DEMO_MODEL if (DEMO_MODEL / "manifest.json").is_file() else None
+    if (DEMO_MODEL / "manifest.json").is_file():
+        return DEMO_MODEL
+    if remembered and (Path(remembered) / "manifest.json").is_file():
+        return Path(remembered)
+    return None
 
 
 def make_app():
@@ -83,9 +87,9 @@ def main(argv=None) -> int:
     engine_name = args.engine or settings.get("engine")
     if args.engine:
         settings.set("engine", args.engine)
-    model = default_model(args)
+    model = default_model(args, settings.get("model"))
     if model is not None:
-        window.session.load_model(model, engine_name)
+        window.load_model(model, engine_name)
     else:
         window.show_status("No model: use File > Open model bundle (or --model).")
     paths = default_paths(args)

@@ -79,7 +79,7 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
 
     model_ok = False
     if model is not None:
-        window.session.load_model(model, engine_name)
+        window.load_model(model, engine_name)
         model_ok = _wait(app, lambda: window.session.model is not None, 60_000)
     results["model"] = str(model) if model_ok else None
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
                                QVBoxLayout, QWidget)
 
@@ -14,6 +13,7 @@ from viewer import actions, theme
 from viewer.class_strip import ClassStrip
 from viewer.display import METHODS
 from viewer.overlay_controls import OverlayControls
+from viewer.file_actions import FileActionsMixin
 from viewer.overlay_state import OverlayMixin
 from viewer.panels import CompareView, SeenPanel, TagBrowser
 from viewer.results_panel import ResultsPanel
@@ -25,7 +25,7 @@ from viewer.viewport import Viewport, link
 log = logging.getLogger("lantern.window")
 
 
-class MainWindow(OverlayMixin, QMainWindow):
+class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
     def __init__(self, settings: Settings | None = None, session: Session | None = None):
         super().__init__()
         theme.apply(QApplication.instance())
@@ -267,42 +267,6 @@ class MainWindow(OverlayMixin, QMainWindow):
                 if viewport is self.explained and corner == "top_right":
                     continue
                 viewport.set_corner(corner, text)
-
-    # files ---------------------------------------------------------------------
-    def open_paths(self, paths) -> None:
-        paths = [Path(p) for p in paths]
-        if paths:
-            self.settings.set("last_folder", str(paths[0] if paths[0].is_dir() else paths[0].parent))
-            self.studies.scan(paths)
-            self.session.open_paths(paths)
-
-    def open_files_dialog(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(self, "Open images", self.settings.get("last_folder"),
-                                                "Images (*.dcm *.dicom *.png *.jpg *.jpeg *.tif *.tiff);;All files (*)")
-        self.open_paths(files)
-
-    def open_folder_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open folder", self.settings.get("last_folder"))
-        if folder:
-            self.open_paths([folder])
-
-    def open_model_dialog(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open model bundle", self.settings.get("last_folder"))
-        if folder:
-            self.session.load_model(folder, self.settings.get("engine"))
-
-    def refresh_recent_menu(self) -> None:
-        menu = self.recent_menu
-        menu.clear()
-        for path in self.settings.recent_files():
-            menu.addAction(Path(path).name).triggered.connect(lambda _=False, p=path: self.open_paths([p]))
-
-    def dragEnterEvent(self, event) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:
-        self.open_paths([u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()])
 
     # settings ------------------------------------------------------------------
     def restore_settings(self) -> None:

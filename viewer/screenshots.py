@@ -36,7 +36,7 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
     if model is None or not paths:
         print("screenshots need a model bundle and an image (the demo ones, or --model and paths)")
         return 2
-    window.session.load_model(model, engine_name)
+    window.load_model(model, engine_name)
     if not _wait(app, lambda: window.session.model is not None, 60_000):
         print(f"the model could not be loaded: {window.status_text.text()}")
         return 1

@@ -108,9 +108,12 @@ class Session(QObject):
         if not files:
             self.imageFailed.emit("No image files found in " + ", ".join(Path(p).name for p in paths))
             return False
-        self.files = files
-        self.show_index(0)
+        self.open_files(files)
         return True
+
+    def open_files(self, files, index: int = 0) -> None:
+        self.files = [Path(f) for f in files]
+        self.show_index(index)
 
     def show_index(self, index: int, frame: int = 0) -> None:
         if not self.files:

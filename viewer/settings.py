@@ -22,6 +22,7 @@ DEFAULTS = {
     "overlay/scale": "normalized",
     "overlay/contour": False,
     "engine": "auto",
+    "model": "",
     "last_folder": "",
 }
 

@@ -62,18 +62,24 @@ class StudyPanel(QWidget):
         self._studies: list = []
         self._items: dict[Path, QTreeWidgetItem] = {}
         self._request = None
+        self._open_first = None
         self.tree.itemActivated.connect(self._open_item)
         self.tree.itemClicked.connect(self._open_item)
 
-    def scan(self, paths) -> None:
+    def scan(self, paths, open_first: bool = False) -> None:
+        """Fill the tree; with ``open_first`` the first image of the first study is opened
+        once the scan is in (a folder's order is the studies', not the file names')."""
         paths = [Path(p) for p in paths]
         self.info.setText("Scanning…")
+        self._open_first = paths if open_first else None
         self._request = self.session.runner.call(lambda: scan(paths), "scanning studies",
                                                  self._scanned, self._failed)
 
     def _failed(self, request: int, message: str) -> None:
         if request == self._request:
             self.info.setText(f"Could not scan: {message}")
+            if self._open_first:
+                self.session.open_paths(self._open_first)
 
     def _scanned(self, request: int, result) -> None:
         if request != self._request:
@@ -86,6 +92,11 @@ class StudyPanel(QWidget):
             note += f"; {len(skipped)} files skipped (not images)"
         self.info.setText(note)
         paths = list(self._items)
+        if self._open_first is not None:
+            if paths:
+                self.session.open_files(paths)
+            else:
+                self.session.open_paths(self._open_first)  # reports what is wrong with them
         self.session.runner.call(lambda: make_thumbnails(paths), "making thumbnails",
                                  self._thumbnails, lambda _r, _m: None)
 
