@@ -169,6 +169,15 @@ def _drag(widget, button, start: QPointF, delta: QPointF, steps: int = 6) -> Non
     send(QEvent.Type.MouseButtonRelease, start + delta, Qt.MouseButton.NoButton, button)
 
 
+def _double_click(widget, pos: QPointF) -> None:
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    # The order a real double click arrives in; pyqtgraph dispatches clicks on release.
+    for kind, buttons in ((QEvent.Type.MouseButtonPress, left), (QEvent.Type.MouseButtonRelease, none),
+                          (QEvent.Type.MouseButtonDblClick, left), (QEvent.Type.MouseButtonRelease, none)):
+        event = QMouseEvent(kind, pos, widget.mapToGlobal(pos), left, buttons, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(widget, event)
+
+
 def test_left_drag_changes_window_levels_in_both_viewports(qtbot, analysed):
     before = tuple(analysed.original.image.levels)
     view = analysed.original.view.viewport()
@@ -319,3 +328,25 @@ def test_engine_choice_is_remembered_and_reopens_the_model(qtbot, analysed):
                     timeout=TIMEOUT)
     assert analysed.settings.get("engine") == "torch"
     assert analysed.session.model.engine == "torch"
+
+
+def test_middle_drag_pans_and_double_click_fits(qtbot, analysed):
+    view = analysed.original.view.viewport()
+    fitted = analysed.original.box.viewRange()
+    _drag(view, Qt.MouseButton.MiddleButton, QPointF(view.width() / 2, view.height() / 2), QPointF(60, 0))
+    panned = analysed.original.box.viewRange()
+    assert panned[0][0] < fitted[0][0]  # dragging right shows more of the left side
+    np.testing.assert_allclose(analysed.explained.box.viewRange(), panned, rtol=1e-3)
+    _double_click(view, QPointF(view.width() / 2, view.height() / 2))
+    np.testing.assert_allclose(analysed.original.box.viewRange(), fitted, rtol=1e-3)
+
+
+def test_absolute_scale_uses_one_range_for_all_classes(analysed):
+    a = analysed.session.analysis
+    analysed.controls.absolute.setChecked(True)
+    absolute = a.maps["gradcam"].absolute
+    assert analysed.controls.colorbar.range[1] == pytest.approx(float(absolute.max()))
+    expected = np.clip(absolute[analysed.class_index] * (255.0 / absolute.max()) + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(analysed.explained.overlay.image, expected)
+    analysed.controls.normalized.setChecked(True)
+    assert analysed.controls.colorbar.range == (0.0, 1.0)

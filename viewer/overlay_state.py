@@ -74,6 +74,7 @@ class OverlayMixin:
         unit = "(per-class peak = 1)" if self.controls.scale() == "normalized" else "(logit units)"
         self.controls.colorbar.set_range(0.0, top)
         self.controls.colorbar.setToolTip(f"Map value {unit}")
+        self._seen_grid = analysis.maps[method].grid[index]
         if rebuild_strip:
             self.strip.set_classes(analysis.classes, analysis.probabilities, self.class_thumbnails(), index)
         self.apply_overlay_style()
@@ -94,13 +95,15 @@ class OverlayMixin:
         self.explained.set_overlay_opacity(opacity)
         self.compare.set_style(lut, opacity)
         self.controls.colorbar.set_lut(lut)
+        grid = getattr(self, "_seen_grid", None) if self.session.analysis is not None else None
+        self.seen.show_grid(grid, lut, opacity, self.overlay_on)
         if thumbnails and self.session.analysis is not None and self.strip.buttons:
             self.strip.update_thumbnails(self.class_thumbnails())
 
     def toggle_overlay(self) -> None:
         self.overlay_on = self.actions_["overlay"].isChecked()
         self.explained.set_overlay_visible(self.overlay_on and self.session.analysis is not None)
-        for viewport in self.compare.viewports.values():
+        for viewport in (*self.compare.viewports.values(), self.seen.viewport):
             viewport.set_overlay_visible(self.overlay_on)
 
     def nudge_opacity(self, delta: float) -> None:

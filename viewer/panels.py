@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PySide6.QtCore import QRectF
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -74,6 +75,23 @@ class SeenPanel(QWidget):
         data = np.clip(np.asarray(seen, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         self.viewport.set_image(DisplayImage(data, 0.0, 1.0, data.ndim == 3), (0, 255))
         self.caption.setText(caption)
+
+    def show_grid(self, grid: np.ndarray | None, lut, opacity: float, visible: bool) -> None:
+        """The map on the model's own feature grid, stretched over the input it came from:
+        how coarse the evidence really is, before any smoothing onto the source image."""
+        overlay = self.viewport.overlay
+        image = self.viewport.image.image
+        if grid is None or image is None:
+            overlay.clear()
+            self.viewport.set_overlay_visible(False)
+            return
+        top = float(grid.max())
+        data = np.clip(grid * (255.0 / top if top > 0 else 0.0) + 0.5, 0, 255).astype(np.uint8)
+        h, w = image.shape[:2]
+        overlay.setImage(data, levels=(0, 255), autoLevels=False, rect=QRectF(0, 0, w, h))
+        self.viewport.set_overlay_lut(lut)
+        self.viewport.set_overlay_opacity(opacity)
+        self.viewport.set_overlay_visible(visible)
 
 
 class TagBrowser(QWidget):
