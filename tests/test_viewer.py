@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
-from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
-from PySide6.QtGui import QMouseEvent  # noqa: E402
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QMouseEvent, QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from engine import Progress  # noqa: E402
@@ -33,7 +33,7 @@ def write_png(path: Path, seed: int = 0, size: int = 160) -> Path:
     return path
 
 
-def write_dicom(path: Path, patient="Doe^Jane") -> Path:
+def write_dicom(path: Path, patient="Doe^Jane", frames: int = 1) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -49,8 +49,11 @@ def write_dicom(path: Path, patient="Doe^Jane") -> Path:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    pixels = np.full((96, 96), 1024, np.uint16)
-    cv2.circle(pixels, (48, 48), 20, 1400, -1)
+    pixels = np.full((frames, 96, 96), 1024, np.uint16)
+    for i in range(frames):
+        cv2.circle(pixels[i], (48, 48), 10 + 5 * i, 1400, -1)
+    if frames > 1:
+        ds.NumberOfFrames = frames
     ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -350,3 +353,21 @@ def test_absolute_scale_uses_one_range_for_all_classes(analysed):
     np.testing.assert_array_equal(analysed.explained.overlay.image, expected)
     analysed.controls.normalized.setChecked(True)
     assert analysed.controls.colorbar.range == (0.0, 1.0)
+
+
+def test_wheel_and_arrows_step_through_frames(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([write_dicom(tmp_path / "cine.dcm", frames=3)])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert window.session.image.source.n_frames == 3
+    first = window.original.image.image.copy()
+    view = window.original.view.viewport()
+    pos = QPointF(view.width() / 2, view.height() / 2)
+    wheel = QWheelEvent(pos, view.mapToGlobal(pos), QPoint(0, 0), QPoint(0, -120), Qt.MouseButton.NoButton,
+                        Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(view, wheel)  # one notch towards the reader: next frame
+    qtbot.waitUntil(lambda: window.session.image.source.frame == 1, timeout=TIMEOUT)
+    assert "Frame 2/3" in window.original.corner_labels["bottom_right"].text()
+    assert not np.array_equal(first, window.original.image.image)
+    qtbot.keyClick(window, Qt.Key.Key_Down)
+    qtbot.waitUntil(lambda: window.session.image.source.frame == 2, timeout=TIMEOUT)

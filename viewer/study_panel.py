@@ -98,7 +98,10 @@ class StudyPanel(QWidget):
             else:
                 self.session.open_paths(self._open_first)  # reports what is wrong with them
         self.session.runner.call(lambda: make_thumbnails(paths), "making thumbnails",
-                                 self._thumbnails, lambda _r, _m: None)
+                                 self._thumbnails, self._thumbnails_failed)
+
+    def _thumbnails_failed(self, _request: int, message: str) -> None:
+        self.info.setText(f"{self.info.text()}; thumbnails unavailable: {message}")
 
     def set_hide_identifying(self, hide: bool) -> None:
         self.hide_identifying = hide
