@@ -1,4 +1,5 @@
-"""``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo)."""
+"""``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo, export,
+quantize)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=30)
 
+    p = sub.add_parser("export", help="write the bundle's model as ONNX (explain graph + MC-dropout head), verified")
+    p.add_argument("bundle", type=Path, help="model bundle folder")
+    p.add_argument("--verify", type=int, default=8, help="held-out phantoms to verify against PyTorch")
+
+    p = sub.add_parser("quantize", help="write a validated INT8 ONNX model (after export)")
+    p.add_argument("bundle", type=Path, help="model bundle folder")
+    p.add_argument("--calibration", type=int, default=100, help="calibration phantoms (static quantization)")
+    p.add_argument("--validate", type=int, default=60, help="held-out phantoms to validate against fp32")
+    p.add_argument("--dynamic", action="store_true", help="dynamic instead of static quantization")
+    p.add_argument("--scope", default="forward", choices=("forward", "all"),
+                   help="quantize activations of the forward part only (default) or also of the gradient part")
+
     p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
     p.add_argument("--epochs", type=int, default=6)
@@ -75,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
             from .benchmark import bench_command
 
             return bench_command(args)
+        if args.command == "export":
+            from .onnx_export import export_bundle
+
+            export_bundle(args.bundle, verify_images=args.verify, log=lambda m: print(m, file=sys.stderr))
+            return 0
+        if args.command == "quantize":
+            from .quantization import quantize_bundle
+
+            quantize_bundle(args.bundle, calibration_images=args.calibration, validation_images=args.validate,
+                            dynamic=args.dynamic, scope=args.scope, log=lambda m: print(m, file=sys.stderr))
+            return 0
         if args.command == "train-demo":
             from .training import train_demo
 

@@ -124,9 +124,29 @@ def _rewrite_convolution_backward(gm) -> None:
             for i in range(dims)
         ]
         with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(
-                torch.ops.aten.convolution.default,
-                (grad_out, weight, None, stride, padding, dilation, True, output_padding, groups))
+            if all(s == 1 for s in stride) and all(p >= 0 for p in output_padding) and not any(output_padding) \
+                    and all(d * (k - 1) - p >= 0 for d, k, p in zip(dilation, kernel, padding)):
+                # Stride 1: the transposed convolution is an ordinary convolution with the kernel
+                # flipped and its in/out channels swapped (per group). The weight transform works
+                # on a constant, so onnxruntime folds it when the session opens, and the fast
+                # convolution kernels (and QLinearConv after quantization) apply.
+                w_shape = weight.meta["val"].shape
+                out_ch, in_per_group = int(w_shape[0]), int(w_shape[1])
+                per_group = out_ch // groups
+                w = gm.graph.call_function(torch.ops.aten.reshape.default,
+                                           (weight, [groups, per_group, in_per_group, *map(int, kernel)]))
+                w = gm.graph.call_function(torch.ops.aten.transpose.int, (w, 1, 2))
+                w = gm.graph.call_function(torch.ops.aten.reshape.default,
+                                           (w, [groups * in_per_group, per_group, *map(int, kernel)]))
+                w = gm.graph.call_function(torch.ops.aten.flip.default, (w, list(range(2, 2 + dims))))
+                new = gm.graph.call_function(
+                    torch.ops.aten.convolution.default,
+                    (grad_out, w, None, [1] * dims, [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)],
+                     dilation, False, [0] * dims, groups))
+            else:
+                new = gm.graph.call_function(
+                    torch.ops.aten.convolution.default,
+                    (grad_out, weight, None, stride, padding, dilation, True, output_padding, groups))
         for user in list(node.users):
             if user.target is not operator.getitem:
                 raise ModelBundleError(f"unexpected use of convolution_backward: {user.format_node()}")
@@ -365,11 +385,15 @@ def flatten_gradient_branch(proto):
         return proto
     then_branch = next(a.g for a in if_node.attribute if a.name == "then_branch")
     nodes = [n for n in graph.node if n is not if_node]
-    branch_nodes = list(then_branch.node)
+    # Undo the renaming: the value behind the branch's final Identity is "gradients" again.
+    branch_nodes = [n for n in then_branch.node if "gradients_then" not in n.output]
     for node in branch_nodes:
         for i, out in enumerate(node.output):
-            if out == "gradients_then":
+            if out == "gradients_value":
                 node.output[i] = "gradients"
+    for init in graph.initializer:
+        if init.name == "gradients_value":
+            init.name = "gradients"
     del graph.node[:]
     graph.node.extend(nodes + branch_nodes)
     keep = [i for i in graph.input if i.name != WITH_GRADIENTS]
