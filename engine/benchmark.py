@@ -1,14 +1,31 @@
-"""``lantern-engine bench``: the engine's figures, printed by one command.
+"""``lantern-engine bench``: the engines side by side (torch fp32, onnx fp32, onnx int8), one run.
 
-Full analysis = preprocessing + one forward with all-class gradients + all-class maps for one
-method warped onto the source image + 20 MC-dropout samples. Plain forward = the model alone on
-an already prepared input. Both timed on the same demo image, in one process, after warm-up.
+For each engine, in its own fresh subprocess (so memory figures belong to that engine alone):
+
+plain forward
+    the model alone on one already prepared input (logits only; for ONNX the gradient branch of
+    the explain graph is switched off), p50/p95/p99 over ``--repeats`` runs after warm-up.
+full analysis
+    ``analyze`` on the demo image: preprocessing + one forward with every class's gradient +
+    Grad-CAM maps for all classes warped onto the source image + 20 MC-dropout samples.
+throughput
+    images/s of ``forward`` on a batch of 32 prepared images.
+peak memory
+    ``VmHWM`` (peak resident set size, from /proc/self/status) of the engine's subprocess at the
+    end of its run, and how much it rose over the RSS measured right before the engine was opened
+    (after importing Lantern's engine package; for torch the rise includes importing torch).
+    Native allocations count, unlike tracemalloc.
+model size
+    bytes of the files the engine reads (torch: safetensors; onnx: model + head).
+
+Ratios compare each engine with torch fp32 (speed-ups > 1 mean faster than torch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +37,12 @@ from .backends import available_engines
 from .bundle import load_bundle
 from .images import SourceImage, load_image
 from .preprocess import prepare_input
+
+BENCH_ENGINES = ("torch", "onnx", "onnx-int8")
+MC_SAMPLES = 20
+THROUGHPUT_BATCH = 32
+TARGET_INT8_SPEEDUP = 4.0  # int8 full analysis vs torch fp32 full analysis
+TARGET_ANALYSIS_OVER_FORWARD = 1.5  # int8 full analysis vs its own plain forward
 
 
 def _demo_image() -> SourceImage:
@@ -48,36 +71,126 @@ def _percentiles(ms: np.ndarray) -> dict:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _model_files(bundle, engine: str) -> list[Path]:
+    if engine == "torch":
+        return [bundle.weights]
+    files = [bundle.onnx["int8" if engine == "onnx-int8" else "fp32"]]
+    if "head" in bundle.onnx:
+        files.append(bundle.onnx["head"])
+    return files
+
+
 def bench_engine(bundle_path: Path, engine: str, image: SourceImage, repeats: int) -> dict:
+    """Figures for one engine, measured in this process."""
+    rss_before = _status_kb("VmRSS")
     model = load_model(bundle_path, engine)
     tensor = prepare_input(image, model.bundle.input).tensor
-    options = AnalysisOptions(methods=("gradcam",), mc_samples=20)
+    options = AnalysisOptions(methods=("gradcam",), mc_samples=MC_SAMPLES)
     forward = _timed(lambda: model.backend.forward(tensor), repeats)
     full = _timed(lambda: analyze(image, model, options), repeats)
+    batch = np.repeat(tensor, THROUGHPUT_BATCH, axis=0)
+    rounds = max(3, repeats // 10)
+    per_batch = _timed(lambda: model.backend.forward(batch), rounds, warmup=1)
+    peak = _status_kb("VmHWM")
     return {
         "forward": _percentiles(forward),
         "analysis": _percentiles(full),
         "analysis_over_forward": round(float(np.median(full) / np.median(forward)), 3),
+        "throughput_images_per_s": round(float(THROUGHPUT_BATCH / (np.median(per_batch) / 1000.0)), 2),
+        "peak_rss_mb": round(peak / 1024, 1),
+        "peak_rss_rise_mb": round((peak - rss_before) / 1024, 1),
+        "model_bytes": sum(f.stat().st_size for f in _model_files(model.bundle, engine)),
     }
+
+
+def _bench_in_subprocess(bundle_path: Path, engine: str, repeats: int) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.benchmark", str(bundle_path), engine, str(repeats)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratios(report: dict) -> dict:
+    base = report.get("torch")
+    if not base or "error" in base:
+        return {}
+    out = {}
+    for engine, r in report.items():
+        if "error" in r:
+            continue
+        out[engine] = {
+            "forward_speedup": round(base["forward"]["p50_ms"] / r["forward"]["p50_ms"], 2),
+            "analysis_speedup": round(base["analysis"]["p50_ms"] / r["analysis"]["p50_ms"], 2),
+            "throughput_ratio": round(r["throughput_images_per_s"] / base["throughput_images_per_s"], 2),
+            "peak_rss_ratio": round(r["peak_rss_mb"] / base["peak_rss_mb"], 2),
+            "model_size_ratio": round(r["model_bytes"] / base["model_bytes"], 3),
+        }
+    return out
 
 
 def bench_command(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     image = _demo_image()
-    engines = available_engines(bundle) if args.engine == "auto" else [args.engine]
+    found = available_engines(bundle)
+    engines = [e for e in BENCH_ENGINES if e in found] if args.engine == "auto" else [args.engine]
+    results = {e: _bench_in_subprocess(Path(args.model), e, args.repeats) for e in engines}
     report = {
         "model": f"{bundle.name} {bundle.version}",
         "image": f"{image.path.name} {image.shape[1]}x{image.shape[0]}",
         "repeats": args.repeats,
-        "engines": {e: bench_engine(args.model, e, image, args.repeats) for e in engines},
+        "mc_samples": MC_SAMPLES,
+        "throughput_batch": THROUGHPUT_BATCH,
+        "engines": results,
+        "vs_torch": _ratios(results),
     }
+    int8, ratios = results.get("onnx-int8"), report["vs_torch"].get("onnx-int8")
+    if int8 and "error" not in int8:
+        report["targets"] = {
+            "int8_analysis_speedup_vs_torch": {
+                "value": ratios["analysis_speedup"] if ratios else None, "target": f">= {TARGET_INT8_SPEEDUP}",
+                "met": bool(ratios and ratios["analysis_speedup"] >= TARGET_INT8_SPEEDUP)},
+            "int8_analysis_over_forward": {
+                "value": int8["analysis_over_forward"], "target": f"<= {TARGET_ANALYSIS_OVER_FORWARD}",
+                "met": int8["analysis_over_forward"] <= TARGET_ANALYSIS_OVER_FORWARD},
+        }
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"Model {report['model']} on {report['image']}, {args.repeats} runs each (median = p50)")
-    for engine, r in report["engines"].items():
+    print(f"Model {report['model']} on {report['image']}, {args.repeats} runs each, one subprocess per engine")
+    print(f"{'engine':10s} {'forward p50/p95/p99 ms':>26s} {'analysis p50/p95/p99 ms':>27s} "
+          f"{'an/fw':>6s} {'img/s@32':>9s} {'peak MB':>8s} {'rise MB':>8s} {'size MB':>8s}")
+    for engine, r in results.items():
+        if "error" in r:
+            print(f"{engine:10s} failed: {r['error']}")
+            continue
         f, a = r["forward"], r["analysis"]
-        print(f"  {engine:10s} forward p50 {f['p50_ms']:8.2f} ms  p95 {f['p95_ms']:8.2f}  p99 {f['p99_ms']:8.2f}")
-        print(f"  {'':10s} analysis p50 {a['p50_ms']:7.2f} ms  p95 {a['p95_ms']:8.2f}  p99 {a['p99_ms']:8.2f}"
-              f"   ratio analysis/forward {r['analysis_over_forward']:.2f} (target <= 1.3)")
+        print(f"{engine:10s} {f['p50_ms']:8.1f} {f['p95_ms']:8.1f} {f['p99_ms']:8.1f} "
+              f"{a['p50_ms']:9.1f} {a['p95_ms']:8.1f} {a['p99_ms']:8.1f} {r['analysis_over_forward']:6.2f} "
+              f"{r['throughput_images_per_s']:9.1f} {r['peak_rss_mb']:8.0f} {r['peak_rss_rise_mb']:8.0f} "
+              f"{r['model_bytes'] / 1e6:8.1f}")
+    for engine, q in report["vs_torch"].items():
+        print(f"vs torch  {engine:10s} forward x{q['forward_speedup']:.2f}  analysis x{q['analysis_speedup']:.2f}  "
+              f"throughput x{q['throughput_ratio']:.2f}  peak memory x{q['peak_rss_ratio']:.2f}  "
+              f"size x{q['model_size_ratio']:.3f}")
+    for name, t in report.get("targets", {}).items():
+        print(f"target {name}: {t['value']} (want {t['target']}) {'met' if t['met'] else 'NOT met'}")
     return 0
+
+
+def _worker(argv: list[str]) -> int:
+    bundle_path, engine, repeats = Path(argv[0]), argv[1], int(argv[2])
+    print(json.dumps(bench_engine(bundle_path, engine, _demo_image(), repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
