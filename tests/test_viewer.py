@@ -371,3 +371,21 @@ def test_wheel_and_arrows_step_through_frames(qtbot, tmp_path):
     assert not np.array_equal(first, window.original.image.image)
     qtbot.keyClick(window, Qt.Key.Key_Down)
     qtbot.waitUntil(lambda: window.session.image.source.frame == 2, timeout=TIMEOUT)
+
+
+def test_unavailable_engine_is_reported_and_the_old_one_kept(qtbot, analysed):
+    first = analysed.session.model
+    analysed.actions_["engine_onnx-int8"].trigger()  # the tiny bundle has no ONNX file
+    qtbot.waitUntil(analysed.banner.isVisible, timeout=TIMEOUT)
+    assert "still using tiny-test-model on torch" in analysed.banner.text()
+    assert analysed.session.model is first
+    assert analysed.settings.get("engine") == "auto"
+    assert analysed.actions_["engine_auto"].isChecked()
+
+
+def test_a_folder_that_is_no_model_bundle_is_reported(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    (tmp_path / "not_a_model").mkdir()
+    window.load_model(tmp_path / "not_a_model")
+    qtbot.waitUntil(window.banner.isVisible, timeout=TIMEOUT)
+    assert "not_a_model" in window.banner.text() and "manifest.json" in window.banner.text()

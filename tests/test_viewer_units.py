@@ -145,3 +145,19 @@ def test_command_line():
     assert args.engine == "onnx" and args.bench and args.json
     with pytest.raises(SystemExit):
         parse_args(["--engine", "tensorflow"])
+
+
+def test_signal_emits_no_longer_exhaust_true():
+    """PySide6 6.12's emit() drops a reference to True each call; the viewer compensates."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Pinger(QObject):
+        ping = Signal(int)
+
+    pinger = Pinger()
+    pinger.ping.connect(lambda _v: None)
+    for i in range(50_000):  # far more than True's natural reference count
+        pinger.ping.emit(i)
+    assert sys.getrefcount(True) > 1_000_000

@@ -82,8 +82,9 @@ def install(window) -> dict[str, QAction]:
         action.setCheckable(True)
         action.setChecked(name == window.settings.get("engine"))
         engines.addAction(action)
-        action.triggered.connect(lambda *_, n=name: window.set_engine(n))
+        action.setData(name)
         a[f"engine_{name}"] = action
+    engines.triggered.connect(lambda action: window.set_engine(action.data()))
 
     toolbar = window.addToolBar("Main")
     toolbar.setObjectName("mainToolbar")

@@ -41,20 +41,40 @@ class FileActionsMixin:
         self.session.load_model(folder, engine_name or self.settings.get("engine"))
 
     def set_engine(self, name: str) -> None:
-        """Remembered; the open model is reopened with it and the image analysed again."""
-        self.settings.set("engine", name)
+        """The open model is reopened with the engine; it is remembered once that works."""
         action = self.actions_.get(f"engine_{name}")
         if action is not None:
             action.setChecked(True)
-        if getattr(self, "model_folder", None) is not None:
-            self.show_status(f"Reopening the model with the {name} engine…")
-            self.session.load_model(self.model_folder, name)
+        if getattr(self, "model_folder", None) is None:
+            self.settings.set("engine", name)
+            return
+        self.pending_engine = name
+        self.show_status(f"Reopening the model with the {name} engine…")
+        self.session.load_model(self.model_folder, name)
+
+    def engine_settled(self, loaded: bool) -> None:
+        pending, self.pending_engine = getattr(self, "pending_engine", None), None
+        if loaded and pending:
+            self.settings.set("engine", pending)
+        remembered = self.actions_.get(f"engine_{self.settings.get('engine')}")
+        if remembered is not None:
+            remembered.setChecked(True)
 
     def refresh_recent_menu(self) -> None:
         menu = self.recent_menu
         menu.clear()
         for path in self.settings.recent_files():
-            menu.addAction(Path(path).name).triggered.connect(lambda _=False, p=path: self.open_paths([p]))
+            action = menu.addAction(Path(path).name)
+            action.setData(path)
+        # One connection on the menu rather than one closure per rebuilt action: the actions
+        # are deleted on every refresh.
+        if not getattr(self, "_recent_connected", False):
+            menu.triggered.connect(self._open_recent)
+            self._recent_connected = True
+
+    def _open_recent(self, action) -> None:
+        if action.data():
+            self.open_paths([action.data()])
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():

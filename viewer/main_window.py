@@ -124,7 +124,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         s.imageReady.connect(self.on_image)
         s.imageFailed.connect(self.show_error)
         s.modelReady.connect(self.on_model)
-        s.modelFailed.connect(self.show_error)
+        s.modelFailed.connect(self.on_model_failed)
         s.analysisReady.connect(self.on_analysis)
         s.analysisFailed.connect(self.show_error)
         s.analysisState.connect(self.on_analysis_state)
@@ -148,8 +148,16 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
 
     # session events ------------------------------------------------------------
     def on_model(self, model) -> None:
+        self.engine_settled(True)
         self.results.set_model(model.bundle, model.engine)
         self.show_status(f"Model {model.bundle.name} {model.bundle.version} ready ({model.engine}).")
+
+    def on_model_failed(self, message: str) -> None:
+        self.engine_settled(False)
+        model = self.session.model
+        if model is not None:
+            message += f" (still using {model.bundle.name} on {model.engine})"
+        self.show_error(message)
 
     def on_image(self, image) -> None:
         self.banner.setVisible(False)
