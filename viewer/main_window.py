@@ -185,10 +185,10 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self._map_cache.clear()
         self.results.show_analysis(analysis)
         self.class_index = analysis.predicted
+        seen = analysis.model_input.seen
+        self.seen.show_seen(seen, f"{seen.shape[1]}×{seen.shape[0]} input, as scaled and resized for "
+                                  f"{analysis.model_name}; the overlay is the map on the model's own feature grid.")
         self.refresh_overlay(rebuild_strip=True)
-        self.seen.show_seen(analysis.model_input.seen,
-                            f"{analysis.model_input.seen.shape[1]}×{analysis.model_input.seen.shape[0]} input, "
-                            f"as scaled and resized for {analysis.model_name}.")
         total_ms = sum(analysis.timings.values()) * 1000
         self.show_status(f"{analysis.source.name}: {analysis.predicted_class} "
                          f"({analysis.engine}, {total_ms:.0f} ms)")

@@ -96,7 +96,10 @@ class OverlayMixin:
         self.compare.set_style(lut, opacity)
         self.controls.colorbar.set_lut(lut)
         grid = getattr(self, "_seen_grid", None) if self.session.analysis is not None else None
-        self.seen.show_grid(grid, lut, opacity, self.overlay_on)
+        # Always filled: a 2x2..8x8 grid of flat cells has no contours worth drawing.
+        c = self.controls
+        filled = overlay_lut(c.colormap.currentText(), c.threshold_value()) if c.contour.isChecked() else lut
+        self.seen.show_grid(grid, filled, opacity, self.overlay_on)
         if thumbnails and self.session.analysis is not None and self.strip.buttons:
             self.strip.update_thumbnails(self.class_thumbnails())
 
