@@ -100,6 +100,8 @@ def test_analysis_reaches_results_strip_and_gauges(analysed):
     assert not results.demo_notice.isVisibleTo(results)
     assert analysed.explained.overlay.isVisible()
     assert analysed.seen.viewport.image.image.shape[:2] == a.model_input.seen.shape[:2]
+    grid = a.maps["gradcam"].grid[a.predicted]
+    assert analysed.seen.viewport.overlay.image.shape == grid.shape
 
 
 def test_clicking_a_class_thumbnail_changes_the_overlay(qtbot, analysed):
@@ -389,3 +391,19 @@ def test_a_folder_that_is_no_model_bundle_is_reported(qtbot, tmp_path):
     window.load_model(tmp_path / "not_a_model")
     qtbot.waitUntil(window.banner.isVisible, timeout=TIMEOUT)
     assert "not_a_model" in window.banner.text() and "manifest.json" in window.banner.text()
+
+
+def test_dropping_files_opens_them(qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    window = make_window(qtbot, tmp_path)
+    dropped = write_png(tmp_path / "dropped.png")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(dropped))])
+    event = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert window.session.image.source.path == dropped
+    assert window.recent_menu.actions()[0].text() == "dropped.png"
