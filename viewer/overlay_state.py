@@ -12,7 +12,7 @@ from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, thumbnail
 class OverlayMixin:
     def connect_controls(self) -> None:
         c = self.controls
-        c.opacity.valueChanged.connect(lambda *_: self.apply_overlay_style(thumbnails=False))
+        c.opacity.valueChanged.connect(lambda *_: self.apply_opacity())
         for signal in (c.colormap.currentIndexChanged, c.threshold.valueChanged, c.contour.toggled):
             signal.connect(lambda *_: self.apply_overlay_style())
         c.method.currentIndexChanged.connect(lambda *_: self.refresh_overlay())
@@ -102,6 +102,12 @@ class OverlayMixin:
         self.seen.show_grid(grid, filled, opacity, self.overlay_on)
         if thumbnails and self.session.analysis is not None and self.strip.buttons:
             self.strip.update_thumbnails(self.class_thumbnails())
+
+    def apply_opacity(self) -> None:
+        """The slider's hot path: item opacity only, no LUT or image work."""
+        opacity = self.controls.opacity_value()
+        for viewport in (self.explained, *self.compare.viewports.values(), self.seen.viewport):
+            viewport.set_overlay_opacity(opacity)
 
     def toggle_overlay(self) -> None:
         self.overlay_on = self.actions_["overlay"].isChecked()
