@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QVBoxLayout, QWidget)
 
 from viewer import actions, theme
+from viewer.annotations import corner_texts
 from viewer.class_strip import ClassStrip
 from viewer.display import METHODS
 from viewer.overlay_controls import OverlayControls
@@ -264,8 +265,6 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.update_corners()
 
     def update_corners(self) -> None:
-        from viewer.annotations import corner_texts
-
         image = self.session.image
         if image is None:
             return

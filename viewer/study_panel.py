@@ -12,6 +12,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 import engine
+from viewer import logs
 from viewer.class_strip import rgb_pixmap
 from viewer.display import thumbnail
 
@@ -70,6 +71,8 @@ class StudyPanel(QWidget):
         """Fill the tree; with ``open_first`` the first image of the first study is opened
         once the scan is in (a folder's order is the studies', not the file names')."""
         paths = [Path(p) for p in paths]
+        for path in paths:
+            logs.register_path(path)  # folder names can carry patient names too
         self.info.setText("Scanning…")
         self._open_first = paths if open_first else None
         self._request = self.session.runner.call(lambda: scan(paths), "scanning studies",
@@ -92,6 +95,8 @@ class StudyPanel(QWidget):
             note += f"; {len(skipped)} files skipped (not images)"
         self.info.setText(note)
         paths = list(self._items)
+        for path in paths:
+            logs.register_path(path)
         if self._open_first is not None:
             if paths:
                 self.session.open_files(paths)
