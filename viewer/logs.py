@@ -23,11 +23,14 @@ def token(path: str | Path) -> str:
 
 
 def register_path(path: str | Path) -> None:
-    """Names that must not reach the log: the full path, the file name and its stem."""
+    """Names that must not reach the log: the full path, and a file's name (the engine's
+    messages name files by it). A folder's bare name is left alone: "studies" would otherwise
+    be replaced in every log line that says the word."""
     path = Path(path)
     tok = token(path)
+    texts = [str(path)] if path.is_dir() else [str(path), path.name]
     with _lock:
-        for text in (str(path), path.name, path.stem):
+        for text in texts:
             if len(text) >= 3:
                 _secrets[text] = tok
 
