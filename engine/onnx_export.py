@@ -60,6 +60,7 @@ OPSET = 18
 VERIFY_SEED = 70_000
 LOGIT_TOLERANCE = 1e-4
 MAP_CORRELATION = 0.999
+BATCHED_CLASSES = False  # gradient graph: one backward over C copies (True) or vmap over classes
 
 
 class ExportRefused(LanternError):
@@ -161,6 +162,79 @@ def _rewrite_convolution_backward(gm) -> None:
     gm.recompile()
 
 
+def _merge_per_class_convolutions(gm) -> int:
+    """vmap over the backward traces a convolution's gradient as one batch-1 convolution per class
+    (select class i, convolve, concatenate). Put them back together: one convolution over all C
+    classes, which runs much faster than C small ones."""
+    import torch
+
+    aten = torch.ops.aten
+    merged = 0
+    for cat in list(gm.graph.nodes):
+        if cat.op != "call_function" or cat.target != aten.cat.default:
+            continue
+        parts = cat.args[0]
+        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        if dim != 0 or len(parts) < 2:
+            continue
+        convs = [p for p in parts if p.op == "call_function" and p.target == aten.convolution.default
+                 and len(p.users) == 1]
+        if len(convs) != len(parts):
+            continue
+        selects = [c.args[0] for c in convs]
+        if not all(s.op == "call_function" and s.target == aten.select.int and s.args[1] == 0 for s in selects):
+            continue
+        source = selects[0].args[0]
+        if any(s.args[0] is not source for s in selects) or [s.args[2] for s in selects] != list(range(len(parts))):
+            continue
+        if any(c.args[2:] != convs[0].args[2:] for c in convs):
+            continue
+        shape = list(source.meta["val"].shape)
+        if shape[0] != len(parts) or shape[1] != 1:
+            continue
+        with gm.graph.inserting_before(cat):
+            batch = gm.graph.call_function(aten.reshape.default, (source, [shape[0], *map(int, shape[2:])]))
+            conv = gm.graph.call_function(aten.convolution.default, (batch, *convs[0].args[1:]))
+        cat.replace_all_uses_with(conv)
+        gm.graph.erase_node(cat)
+        merged += 1
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return merged
+
+
+def fold_batch_norms(model):
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution
+    (the BatchNorm becomes Identity), keeping module names so hooks still find their layers. The
+    graph gets simpler, its backward too, and quantization sees one weight per convolution."""
+    import torch
+    import torch.fx
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from .backends.architectures import _set_submodule
+
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - models fx cannot trace are exported unfolded
+        return model
+    modules = dict(model.named_modules())
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1):
+            continue
+        conv, bn = modules[source.target], modules[node.target]
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        _set_submodule(model, source.target, fuse_conv_bn_eval(conv, bn))
+        _set_submodule(model, node.target, nn.Identity())
+    return model
+
+
 def _build_modules(bundle: ModelBundle, model):
     """(explain module, head module, head mask shapes, dropout probabilities) in torch."""
     import torch
@@ -171,7 +245,7 @@ def _build_modules(bundle: ModelBundle, model):
     from .backends.architectures import head_module_name, target_layer_name
     from .backends.torch_backend import all_class_gradients
 
-    model = model.eval()
+    model = fold_batch_norms(copy.deepcopy(model).eval())
     for p in model.parameters():
         p.requires_grad_(False)
     target = model.get_submodule(target_layer_name(bundle))
@@ -205,16 +279,30 @@ def _build_modules(bundle: ModelBundle, model):
         logits, _, _ = run(dummy, replace_target=a)
         return logits
 
+    n_classes = bundle.num_classes
+
     def gradient_fn(a):
-        a = a.detach().requires_grad_(True)
+        if not BATCHED_CLASSES:
+            a = a.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = tail(a)
+                return all_class_gradients(logits, a)
+        # One copy of the activation per class, one backward: copy c only reaches logits[c], so
+        # d sum_c logits[c, c] / d copies = every class's gradient, and each backward op runs
+        # once on a batch of C (instead of C separate batch-1 ops, which is what vmap over the
+        # convolution backward traces to).
+        copies = a.detach().expand(n_classes, *a.shape[1:]).clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = tail(a)
-            return all_class_gradients(logits, a)
+            logits = tail(copies)
+            picked = (logits * torch.eye(n_classes, dtype=logits.dtype)).sum()
+            (grads,) = torch.autograd.grad(picked, copies)
+        return grads.unsqueeze(1)
 
     with torch.no_grad():
         _, act0, head0 = run(torch.zeros(1, channels, height, width))
     traced = make_fx(gradient_fn, decomposition_table=core_aten_decompositions())(act0.detach().clone())
     _rewrite_convolution_backward(traced)
+    _merge_per_class_convolutions(traced)
     leftovers = sorted({str(n.target) for n in traced.graph.nodes
                         if n.op == "call_function" and "backward" in str(n.target)})
     if leftovers:
@@ -330,6 +418,17 @@ def split_gradient_branch(proto, n_classes: int, act_shape: tuple[int, ...]):
     main_outputs = [o.name for o in graph.output if o.name != "gradients"]
     main = needed(main_outputs)
     grad = needed(["gradients"]) - main
+    # Nodes of the gradient part that depend on constants only (the flipped and transposed kernels
+    # of the gradient convolutions, the cast of int8 weights) stay in the main graph: onnxruntime
+    # folds them once when the session opens, which it does not do inside an If branch.
+    constant = {i.name for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in ("DequantizeLinear", "QuantizeLinear") and all(
+                not i or i in constant for i in node.input):
+            constant.update(node.output)
+            if id(node) in grad:
+                main.add(id(node))
+    grad -= main
     grad_nodes = [n for n in graph.node if id(n) in grad]
     main_nodes = [n for n in graph.node if id(n) in main]
     grad_out = next(o for o in graph.output if o.name == "gradients")
