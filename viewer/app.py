@@ -59,6 +59,19 @@ def make_app():
     return app
 
 
+def install_excepthook(window) -> None:
+    """An exception escaping a Qt slot is logged with its traceback and shown in the banner;
+    the window stays open."""
+    def hook(kind, value, tb):
+        log.error("unexpected error", exc_info=(kind, value, tb))
+        try:
+            window.show_error(f"Unexpected error: {value}. Details are in {window.log_path}")
+        except RuntimeError:  # the window is already gone (shutdown); the log has it
+            sys.__excepthook__(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.bench or args.screenshots:
@@ -84,6 +97,7 @@ def main(argv=None) -> int:
     settings = Settings(args.settings)
     window = MainWindow(settings)
     window.log_path = log_path
+    install_excepthook(window)
     engine_name = args.engine or settings.get("engine")
     if args.engine:
         settings.set("engine", args.engine)

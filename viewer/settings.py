@@ -6,9 +6,12 @@ never read or written by them.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import QSettings
+
+log = logging.getLogger("lantern.settings")
 
 ORGANIZATION = "Lantern"
 APPLICATION = "Lantern"
@@ -46,6 +49,7 @@ class Settings:
             try:
                 return float(value)
             except (TypeError, ValueError):
+                log.warning("setting %s has an unreadable value; using the default", key)
                 return default
         return value
 
