@@ -63,8 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=100, help="calibration phantoms (static quantization)")
     p.add_argument("--validate", type=int, default=60, help="held-out phantoms to validate against fp32")
     p.add_argument("--dynamic", action="store_true", help="dynamic instead of static quantization")
-    p.add_argument("--scope", default="forward", choices=("forward", "all"),
-                   help="quantize activations of the forward part only (default) or also of the gradient part")
 
     p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             from .quantization import quantize_bundle
 
             quantize_bundle(args.bundle, calibration_images=args.calibration, validation_images=args.validate,
-                            dynamic=args.dynamic, scope=args.scope, log=lambda m: print(m, file=sys.stderr))
+                            dynamic=args.dynamic, log=lambda m: print(m, file=sys.stderr))
             return 0
         if args.command == "train-demo":
             from .training import train_demo

@@ -2,15 +2,11 @@
 
 The fp32 explain graph (``model.onnx``, see ``onnx_export``) is flattened (its gradient branch
 always computed), calibrated with onnxruntime on phantoms from the training distribution, and
-quantized in QDQ format with per-channel int8 weights. What gets quantized is a choice
-(``scope``):
-
-``forward`` (default)
-    activations are quantized only in the forward part of the network; the gradient part
-    (transposed convolutions and ReLU masks behind the explained layer) computes in fp32 from
-    the same int8 weights (each weight is stored once, as int8, and dequantized for both uses).
-``all``
-    the gradient part's activations are quantized as well.
+quantized in QDQ format with per-channel int8 weights. Activations are quantized in the forward
+part of the network (everything that produces logits, activations and head input); the gradient
+part (the gradient convolutions and ReLU masks behind the explained layer) computes in fp32 from
+the same int8 weights: each weight is stored once, as int8 (see
+:func:`reuse_int8_weights_in_gradient`).
 
 The result is validated against the fp32 graph on held-out phantoms and refused (nothing
 written, manifest unchanged) unless top-1 accuracy stays within 1 point, every class map
@@ -92,8 +88,7 @@ def gradient_node_names(flat) -> list[str]:
     return sorted(reach(["gradients"]) - main)
 
 
-def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, scope: str = "forward",
-                   dynamic: bool = False) -> bytes:
+def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: bool = False) -> bytes:
     """The int8 explain graph as bytes (with its gradient branch split off again)."""
     import onnx
     from onnxruntime.quantization import (
@@ -102,7 +97,8 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, scope: st
 
     proto = onnx.load(str(fp32_path))
     flat = flatten_gradient_branch(proto)
-    exclude = gradient_node_names(flat) if scope == "forward" else []
+    del flat.graph.value_info[:]  # stale after the graph surgery; shape inference redoes them
+    exclude = gradient_node_names(flat)
     n_classes = next(o for o in flat.graph.output if o.name == "logits").type.tensor_type.shape.dim[1].dim_value
     act_dims = next(o for o in flat.graph.output if o.name == "activations").type.tensor_type.shape.dim
     act_shape = tuple(d.dim_value for d in act_dims)
@@ -121,14 +117,14 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, scope: st
                 calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         quantized = onnx.load(str(dst))
-    if not dynamic and scope == "forward":
+    if not dynamic:
         reuse_int8_weights_in_gradient(quantized, set(exclude))
     quantized = split_gradient_branch(quantized, n_classes, act_shape)
     del quantized.metadata_props[:]
     for entry in proto.metadata_props:
         quantized.metadata_props.add().CopyFrom(entry)
-    set_metadata(quantized, quantization=("dynamic int8" if dynamic else f"static int8 QDQ, per-channel "
-                                          f"weights, activations quantized in scope '{scope}'"))
+    set_metadata(quantized, quantization=("dynamic int8" if dynamic else "static int8 QDQ, per-channel weights, "
+                                          "activations quantized in the forward part, gradient part fp32"))
     return quantized.SerializeToString()
 
 
@@ -332,12 +328,10 @@ def validate_int8(bundle: ModelBundle, fp32: str | Path | bytes, int8: bytes, n:
 
 
 def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION_IMAGES,
-                    validation_images: int = VALIDATION_IMAGES, scope: str = "forward", dynamic: bool = False,
+                    validation_images: int = VALIDATION_IMAGES, dynamic: bool = False,
                     seed: int = VERIFY_SEED, max_accuracy_drop: float = MAX_ACCURACY_DROP,
                     min_correlation: float = MIN_MAP_CORRELATION, max_size_ratio: float = MAX_SIZE_RATIO,
                     log: Callable[[str], None] = lambda _m: None) -> ModelBundle:
-    if scope not in ("forward", "all"):
-        raise ValueError(f"scope must be 'forward' or 'all', not {scope!r}")
     bundle = load_bundle(folder)
     fp32 = bundle.onnx.get("fp32")
     if fp32 is None:
@@ -349,8 +343,8 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
         log(f"preparing {calibration_images} calibration phantoms ...")
         calibration, _ = heldout_inputs(bundle, calibration_images, CALIBRATION_SEED)
     log("quantizing ...")
-    int8 = quantize_bytes(fp32, calibration, scope=scope, dynamic=dynamic)
-    method = "dynamic" if dynamic else f"static-qdq-per-channel (activations: {scope})"
+    int8 = quantize_bytes(fp32, calibration, dynamic=dynamic)
+    method = "dynamic" if dynamic else "static QDQ, per-channel int8 weights, fp32 gradient part"
     log(f"validating against fp32 on {validation_images} held-out phantoms ...")
     check = validate_int8(bundle, fp32, int8, validation_images, seed, method=method,
                           calibration_images=0 if dynamic else calibration_images,
