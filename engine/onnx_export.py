@@ -259,7 +259,9 @@ def _build_modules(bundle: ModelBundle, model):
 
         def on_target(_m, _i, output):
             if replace_target is not None:
-                output = replace_target
+                # A copy, not the leaf itself: some models continue with an in-place op
+                # (densenet's relu(inplace=True)), which autograd refuses on a leaf.
+                output = replace_target.clone()
             store["act"] = output
             return output
 
@@ -438,7 +440,7 @@ def split_gradient_branch(proto, n_classes: int, act_shape: tuple[int, ...]):
     # the gradient does not depend on the input (explaining the last layer before a linear head)
     # the exporter made it a constant: the branch then just passes that initializer on.
     source = "gradients_value"
-    for node in grad_nodes:
+    for node in graph.node:
         for i, out in enumerate(node.output):
             if out == "gradients":
                 node.output[i] = source
