@@ -104,6 +104,17 @@ def class_maps(activations: np.ndarray, gradients: np.ndarray) -> dict[str, np.n
 # Tracing (torch)
 
 
+def _shape(gm, node) -> tuple[int, ...]:
+    """A traced value's shape (make_fx records it in meta['val'], ShapeProp in meta['tensor_meta'])."""
+    if "val" in node.meta:
+        return tuple(int(d) for d in node.meta["val"].shape)
+    if "tensor_meta" in node.meta:
+        return tuple(int(d) for d in node.meta["tensor_meta"].shape)
+    if node.op == "get_attr":
+        return tuple(getattr(gm, node.target).shape)
+    raise ModelBundleError(f"no shape recorded for {node.format_node()}")
+
+
 def _rewrite_convolution_backward(gm) -> None:
     """convolution_backward(grad_out, ...)[0] is the transposed convolution of grad_out with the
     same weight; ONNX has ConvTranspose but no convolution_backward."""
@@ -115,9 +126,9 @@ def _rewrite_convolution_backward(gm) -> None:
         grad_out, inp, weight, _bias, stride, padding, dilation, transposed, _opad, groups, mask = node.args
         if transposed or mask[1] or mask[2]:
             raise ModelBundleError(f"cannot export the gradient of {node.format_node()}")
-        in_shape = inp.meta["val"].shape
-        out_shape = grad_out.meta["val"].shape
-        kernel = weight.meta["val"].shape[2:]
+        in_shape = _shape(gm, inp)
+        out_shape = _shape(gm, grad_out)
+        kernel = _shape(gm, weight)[2:]
         dims = len(kernel)
         output_padding = [
             int(in_shape[2 + i]) - ((int(out_shape[2 + i]) - 1) * stride[i] - 2 * padding[i]
@@ -131,7 +142,7 @@ def _rewrite_convolution_backward(gm) -> None:
                 # flipped and its in/out channels swapped (per group). The weight transform works
                 # on a constant, so onnxruntime folds it when the session opens, and the fast
                 # convolution kernels (and QLinearConv after quantization) apply.
-                w_shape = weight.meta["val"].shape
+                w_shape = _shape(gm, weight)
                 out_ch, in_per_group = int(w_shape[0]), int(w_shape[1])
                 per_group = out_ch // groups
                 w = gm.graph.call_function(torch.ops.aten.reshape.default,
@@ -157,9 +168,31 @@ def _rewrite_convolution_backward(gm) -> None:
                 raise ModelBundleError("the exported gradient needs weight gradients; not supported")
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)
+    _rewrite_whole_scatters(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
+
+
+def _rewrite_whole_scatters(gm) -> None:
+    """as_strided_scatter that overwrites its whole (contiguous) base is just its source reshaped;
+    backward of views traces to it (convnext's head) and it has no ONNX form."""
+    import torch
+
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != torch.ops.aten.as_strided_scatter.default:
+            continue
+        base, src, size, stride = node.args[:4]
+        offset = node.args[4] if len(node.args) > 4 else node.kwargs.get("storage_offset", 0)
+        shape = [int(d) for d in _shape(gm, base)]
+        contiguous = [int(torch.Size(shape[i + 1:]).numel()) for i in range(len(shape))]
+        if list(map(int, size)) != shape or list(map(int, stride)) != contiguous or offset not in (0, None):
+            continue
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(torch.ops.aten.reshape.default, (src, shape))
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
 
 
 def _merge_per_class_convolutions(gm) -> int:
@@ -189,7 +222,7 @@ def _merge_per_class_convolutions(gm) -> int:
             continue
         if any(c.args[2:] != convs[0].args[2:] for c in convs):
             continue
-        shape = list(source.meta["val"].shape)
+        shape = list(_shape(gm, source))
         if shape[0] != len(parts) or shape[1] != 1:
             continue
         with gm.graph.inserting_before(cat):
@@ -302,7 +335,17 @@ def _build_modules(bundle: ModelBundle, model):
 
     with torch.no_grad():
         _, act0, head0 = run(torch.zeros(1, channels, height, width))
-    traced = make_fx(gradient_fn, decomposition_table=core_aten_decompositions())(act0.detach().clone())
+    # functionalize: vmap fallbacks write per-class results into a buffer in place; ONNX needs
+    # the functional form (scatters instead of copy_).
+    example = act0.detach().clone()
+    traced = make_fx(gradient_fn, decomposition_table=core_aten_decompositions())(example)
+    if any(n.op == "call_function" and str(n.target).endswith("_.default") and "relu" not in str(n.target)
+           for n in traced.graph.nodes):
+        traced = make_fx(torch.func.functionalize(traced, remove="mutations"),
+                         decomposition_table=core_aten_decompositions())(example)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        ShapeProp(traced).propagate(example)
     _rewrite_convolution_backward(traced)
     _merge_per_class_convolutions(traced)
     leftovers = sorted({str(n.target) for n in traced.graph.nodes
