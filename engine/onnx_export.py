@@ -679,8 +679,13 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
     if _tamper is not None:
         model_bytes = _tamper(model_bytes)
     log(f"verifying on {verify_images} held-out phantoms ...")
-    check = verify_export(bundle, reference, model_bytes, head_bytes, head, mask_shapes, verify_images,
-                          seed, logit_tolerance, map_threshold)
+    try:
+        check = verify_export(bundle, reference, model_bytes, head_bytes, head, mask_shapes, verify_images,
+                              seed, logit_tolerance, map_threshold)
+    except LanternError:
+        raise
+    except Exception as exc:  # torch or onnxruntime failing on the model: nothing can be verified
+        raise ExportRefused(f"the export could not be verified, nothing was written: {exc}", bundle.folder) from exc
     if not check.passed:
         raise ExportRefused("the ONNX export does not reproduce the PyTorch engine, nothing was written: "
                             + "; ".join(check.problems), bundle.folder)
