@@ -13,14 +13,14 @@ def corner_texts(image, window_cw, zoom: float, hide_identifying: bool) -> dict[
     meta = source.metadata
     if hide_identifying:
         top_left = "Patient: hidden (teaching mode)"
-        study = "Study date: hidden"
+        study = "Study date: hidden" if meta.study_date else ""
     else:
-        top_left = "\n".join(filter(None, [meta.patient_name or "Patient: —",
+        # Absent fields are left out: a PNG has no patient, and dashes would only be noise.
+        top_left = "\n".join(filter(None, [meta.patient_name,
                                            f"ID: {meta.patient_id}" if meta.patient_id else ""]))
-        study = f"Study date: {_date(meta.study_date)}" if meta.study_date else "Study date: —"
-    description = meta.series_description or meta.study_description
-    top_right = "\n".join(filter(None, [study, f"Modality: {meta.modality or '—'}",
-                                        description if not hide_identifying else ""]))
+        study = f"Study date: {_date(meta.study_date)}" if meta.study_date else ""
+    # Descriptions live in the study browser; corners stay short enough for two viewports.
+    top_right = "\n".join(filter(None, [study, f"Modality: {meta.modality}" if meta.modality else ""]))
     center, width = window_cw if window_cw else (source.window.center, source.window.width)
     bottom_left = f"W {width:.0f}  L {center:.0f}\nZoom {zoom:.2f}×"
     frames = f"Frame {source.frame + 1}/{source.n_frames}\n" if source.n_frames > 1 else ""

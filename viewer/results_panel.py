@@ -31,6 +31,7 @@ class Gauge(QWidget):
         super().__init__()
         self.maximum = maximum
         self.label = QLabel(title)
+        self.label.setWordWrap(True)
         self.plot = _small_plot(38)
         self.plot.hideAxis("left")
         self.plot.setXRange(0, maximum, padding=0)

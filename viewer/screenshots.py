@@ -45,6 +45,12 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
         print(f"no analysis arrived: {window.status_text.text()}")
         return 1
     _wait(app, lambda: window.studies.tree.topLevelItemCount() > 0, 10_000)
+    # Documentation shows a DICOM study (corner annotations, tags) when the folder has one.
+    dicom = [i for i, f in enumerate(window.session.files) if f.suffix.lower() == ".dcm"]
+    if dicom and window.session.files[window.session.index].suffix.lower() != ".dcm":
+        nodule = [i for i in dicom if "nodule" in window.session.files[i].name]
+        window.session.show_index((nodule or dicom)[0])
+        _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons))
     _grab(window, out / "main-window.png")
 
     window.tabs.setCurrentWidget(window.compare)

@@ -94,6 +94,8 @@ class StudyPanel(QWidget):
         if skipped:
             note += f"; {len(skipped)} files skipped (not images)"
         self.info.setText(note)
+        if self.session.image is not None:
+            self.highlight(self.session.image.source.path)
         paths = list(self._items)
         for path in paths:
             logs.register_path(path)
@@ -140,6 +142,11 @@ class StudyPanel(QWidget):
             if item is not None:
                 icon = QIcon(rgb_pixmap(rgb))
                 item.setIcon(0, icon)
+
+    def highlight(self, path: Path) -> None:
+        item = self._items.get(Path(path))
+        if item is not None:
+            self.tree.setCurrentItem(item)  # no itemClicked/itemActivated: nothing reopens
 
     def image_paths(self) -> list[Path]:
         return list(self._items)

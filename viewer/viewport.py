@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtWidgets import QGridLayout, QLabel, QWidget
+from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QWidget
 
 from viewer.display import DisplayImage, gray_lut
 
@@ -85,6 +85,8 @@ class Viewport(QWidget):
 
         corners = QWidget()
         corners.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        # Long annotations must not widen the viewport (both viewports stay the same size).
+        corners.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         corners.setStyleSheet("background: transparent; color: #e8e0a0;")
         grid = QGridLayout(corners)
         grid.setContentsMargins(8, 6, 8, 6)
@@ -98,7 +100,7 @@ class Viewport(QWidget):
             label = QLabel()
             label.setAlignment(align)
             # A dim backing keeps the text legible over bright parts of the image.
-            label.setStyleSheet("background: rgba(0, 0, 0, 120); padding: 1px 3px;")
+            label.setStyleSheet("background: rgba(0, 0, 0, 120); padding: 1px 3px; font-size: 10pt;")
             label.setObjectName(f"corner_{name}")
             label.setVisible(False)
             grid.addWidget(label, row, col, align)
