@@ -42,6 +42,9 @@ VALIDATION_IMAGES = 60
 MAX_ACCURACY_DROP = 0.01
 MIN_MAP_CORRELATION = 0.95
 MAX_SIZE_RATIO = 0.30
+# The gradient part's re-run of the layers after the explained one is forward computation: int8
+# like the main forward (True) or fp32 like the backward (False).
+QUANTIZE_RECOMPUTED_FORWARD = True
 
 
 class QuantizationRefused(LanternError):
@@ -66,8 +69,12 @@ class _Reader:
         self.index = 0
 
 
-def gradient_node_names(flat) -> list[str]:
-    """Names of the nodes only the ``gradients`` output needs (naming unnamed nodes on the way)."""
+_COMPARISONS = ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal")
+
+
+def gradient_node_names(flat, backward_only: bool = False) -> list[str]:
+    """Names of the nodes only the ``gradients`` output needs (naming unnamed nodes on the way);
+    with ``backward_only``, without the gradient part's re-run of the forward layers."""
     graph = flat.graph
     for i, node in enumerate(graph.node):
         if not node.name:
@@ -85,7 +92,15 @@ def gradient_node_names(flat) -> list[str]:
         return seen
 
     main = reach([o.name for o in graph.output if o.name != "gradients"])
-    return sorted(reach(["gradients"]) - main)
+    gradient = reach(["gradients"]) - main
+    if not backward_only:
+        return sorted(gradient)
+    # The gradient part first re-runs the layers after the explained one for its image (forward
+    # values: what the ReLU masks compare), then runs the backward. The forward values are the
+    # ancestors of those comparisons; they may be quantized like the main forward.
+    compares = [n for n in graph.node if n.name in gradient and n.op_type in _COMPARISONS]
+    forward = reach([i for n in compares for i in n.input if i]) & gradient
+    return sorted(gradient - forward)
 
 
 def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: bool = False) -> bytes:
@@ -98,7 +113,7 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: 
     proto = onnx.load(str(fp32_path))
     flat = flatten_gradient_branch(proto)
     del flat.graph.value_info[:]  # stale after the graph surgery; shape inference redoes them
-    exclude = gradient_node_names(flat)
+    exclude = gradient_node_names(flat, backward_only=QUANTIZE_RECOMPUTED_FORWARD)
     n_classes = next(o for o in flat.graph.output if o.name == "logits").type.tensor_type.shape.dim[1].dim_value
     act_dims = next(o for o in flat.graph.output if o.name == "activations").type.tensor_type.shape.dim
     act_shape = tuple(d.dim_value for d in act_dims)
@@ -119,6 +134,7 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: 
         quantized = onnx.load(str(dst))
     if not dynamic:
         reuse_int8_weights_in_gradient(quantized, set(exclude))
+        unshare_weight_dequantizers(quantized, set(gradient_node_names(quantized)))
     quantized = split_gradient_branch(quantized, n_classes, act_shape)
     del quantized.metadata_props[:]
     for entry in proto.metadata_props:
@@ -226,6 +242,38 @@ def reuse_int8_weights_in_gradient(proto, gradient_nodes: set[str]) -> int:
     # Restore a topological order (the new nodes were appended at the end).
     _toposort(graph)
     return changed
+
+
+def unshare_weight_dequantizers(proto, gradient_nodes: set[str]) -> int:
+    """A weight's DequantizeLinear used by the main graph and by the gradient part gets a twin
+    (same int8 initializer, nothing stored twice) for the gradient part: after the split, the
+    consumers live in different graphs (the If branch), and onnxruntime only fuses a
+    DequantizeLinear into QLinearConv when it sits in the same graph as its convolution."""
+    from onnx import helper
+
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    twins = []
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]:
+        users = consumers.get(dq.output[0], [])
+        inside = [u for u in users if u.name in gradient_nodes]
+        if not inside or len(inside) == len(users):
+            continue
+        twin_out = f"{dq.output[0]}_for_gradient"
+        twin = helper.make_node("DequantizeLinear", list(dq.input), [twin_out], name=f"{dq.name}_for_gradient")
+        twin.attribute.extend(dq.attribute)
+        twins.append(twin)
+        for user in inside:
+            for i, name in enumerate(user.input):
+                if name == dq.output[0]:
+                    user.input[i] = twin_out
+    graph.node.extend(twins)
+    _toposort(graph)
+    return len(twins)
 
 
 def _toposort(graph) -> None:
