@@ -392,7 +392,7 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
         calibration, _ = heldout_inputs(bundle, calibration_images, CALIBRATION_SEED)
     log("quantizing ...")
     int8 = quantize_bytes(fp32, calibration, dynamic=dynamic)
-    method = "dynamic" if dynamic else "static QDQ, per-channel int8 weights, fp32 gradient part"
+    method = "dynamic" if dynamic else "static QDQ, per-channel int8 weights, fp32 backward"
     log(f"validating against fp32 on {validation_images} held-out phantoms ...")
     check = validate_int8(bundle, fp32, int8, validation_images, seed, method=method,
                           calibration_images=0 if dynamic else calibration_images,
