@@ -156,11 +156,24 @@ def test_threshold_and_contour_change_the_lut_alpha_only(analysed):
     assert analysed.explained.overlay.image is data_before
 
 
+def _span(viewport) -> float:
+    (x0, x1), _ = viewport.box.viewRange()
+    return x1 - x0
+
+
+def _center(viewport) -> float:
+    (x0, x1), _ = viewport.box.viewRange()
+    return (x0 + x1) / 2
+
+
 def test_zooming_one_viewport_moves_the_other(qtbot, analysed):
-    before = analysed.explained.box.viewRange()
+    # pyqtgraph links views by screen pixels, so a one-pixel width difference between the two
+    # viewports shows up as a tiny range difference: compare spans and centres, not raw ranges.
+    before = _span(analysed.explained)
     analysed.original.box.scaleBy((0.5, 0.5))
-    qtbot.waitUntil(lambda: analysed.explained.box.viewRange() != before, timeout=2000)
-    np.testing.assert_allclose(analysed.explained.box.viewRange(), analysed.original.box.viewRange(), rtol=1e-3)
+    qtbot.waitUntil(lambda: _span(analysed.explained) < 0.75 * before, timeout=2000)
+    assert _span(analysed.explained) == pytest.approx(_span(analysed.original), rel=0.01)
+    assert _center(analysed.explained) == pytest.approx(_center(analysed.original), rel=0.01)
 
 
 def _drag(widget, button, start: QPointF, delta: QPointF, steps: int = 6) -> None:
@@ -340,10 +353,13 @@ def test_middle_drag_pans_and_double_click_fits(qtbot, analysed):
     fitted = analysed.original.box.viewRange()
     _drag(view, Qt.MouseButton.MiddleButton, QPointF(view.width() / 2, view.height() / 2), QPointF(60, 0))
     panned = analysed.original.box.viewRange()
-    assert panned[0][0] < fitted[0][0]  # dragging right shows more of the left side
-    np.testing.assert_allclose(analysed.explained.box.viewRange(), panned, rtol=1e-3)
+    assert panned[0][0] < fitted[0][0] - 10  # dragging right shows more of the left side
+    assert _center(analysed.explained) == pytest.approx(_center(analysed.original), abs=1.0)
     _double_click(view, QPointF(view.width() / 2, view.height() / 2))
-    np.testing.assert_allclose(analysed.original.box.viewRange(), fitted, rtol=1e-3)
+    (x0, x1), (y0, y1) = analysed.original.box.viewRange()
+    h, w = analysed.session.image.display.data.shape[:2]
+    assert x0 <= 0.5 and x1 >= w - 0.5 and y0 <= 0.5 and y1 >= h - 0.5  # the whole image fits again
+    assert _center(analysed.original) == pytest.approx(w / 2, abs=1.0)
 
 
 def test_absolute_scale_uses_one_range_for_all_classes(analysed):
