@@ -268,3 +268,20 @@ def test_cli_has_export_and_quantize():
     args = build_parser().parse_args(["quantize", "some/bundle", "--dynamic", "--calibration", "50"])
     assert args.command == "quantize" and args.dynamic and args.calibration == 50
     assert build_parser().parse_args(["export", "b"]).bundle == Path("b")
+
+
+def test_bench_figures_for_an_onnx_engine(quantized):
+    from engine.benchmark import _ratios, bench_engine
+    from engine.phantoms import make_phantom
+    from engine.training import phantom_image
+
+    image = phantom_image(make_phantom(np.random.default_rng(0), 1, 128).image)
+    figures = bench_engine(quantized, "onnx-int8", image, repeats=3)
+    for key in ("forward", "analysis"):
+        assert set(figures[key]) == {"p50_ms", "p95_ms", "p99_ms"}
+        assert 0 < figures[key]["p50_ms"] <= figures[key]["p99_ms"]
+    assert figures["throughput_images_per_s"] > 0
+    assert figures["peak_rss_mb"] >= figures["peak_rss_rise_mb"] >= 0
+    assert figures["model_bytes"] == sum((quantized / f).stat().st_size for f in ("model.int8.onnx", "head.onnx"))
+    ratios = _ratios({"torch": figures, "onnx-int8": figures})
+    assert ratios["onnx-int8"]["analysis_speedup"] == 1.0
