@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=100, help="calibration phantoms (static quantization)")
     p.add_argument("--validate", type=int, default=60, help="held-out phantoms to validate against fp32")
     p.add_argument("--dynamic", action="store_true", help="dynamic instead of static quantization")
+    p.add_argument("--drop-fp32", action="store_true",
+                   help="then remove the fp32 model from the bundle (ship int8 + head only)")
 
     p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             from .quantization import quantize_bundle
 
             quantize_bundle(args.bundle, calibration_images=args.calibration, validation_images=args.validate,
-                            dynamic=args.dynamic, log=lambda m: print(m, file=sys.stderr))
+                            dynamic=args.dynamic, drop_fp32=args.drop_fp32, log=lambda m: print(m, file=sys.stderr))
             return 0
         if args.command == "train-demo":
             from .training import train_demo

@@ -31,7 +31,7 @@ from .bundle import ModelBundle, load_bundle, update_manifest
 from .errors import LanternError, ModelBundleError
 from .files import write_bytes_atomic
 from .onnx_export import (
-    INPUT, VERIFY_SEED, class_maps, flatten_gradient_branch, heldout_inputs, map_correlation,
+    HEAD_FILE, INPUT, VERIFY_SEED, class_maps, flatten_gradient_branch, heldout_inputs, map_correlation,
     set_metadata, split_gradient_branch,
 )
 
@@ -379,7 +379,9 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
                     validation_images: int = VALIDATION_IMAGES, dynamic: bool = False,
                     seed: int = VERIFY_SEED, max_accuracy_drop: float = MAX_ACCURACY_DROP,
                     min_correlation: float = MIN_MAP_CORRELATION, max_size_ratio: float = MAX_SIZE_RATIO,
-                    log: Callable[[str], None] = lambda _m: None) -> ModelBundle:
+                    drop_fp32: bool = False, log: Callable[[str], None] = lambda _m: None) -> ModelBundle:
+    """Quantize, validate, write ``model.int8.onnx`` and record it. ``drop_fp32`` then removes the
+    fp32 model from the bundle and its manifest (for shipping within a size budget)."""
     bundle = load_bundle(folder)
     fp32 = bundle.onnx.get("fp32")
     if fp32 is None:
@@ -408,6 +410,8 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
     try:
         onnx_entry = dict(bundle.manifest.get("onnx") or {})
         onnx_entry["int8"] = INT8_FILE
+        if drop_fp32:
+            del onnx_entry["fp32"]
         card = dict(bundle.model_card)
         card["int8_validation"] = check.to_dict() | {"seconds": round(time.perf_counter() - started, 1)}
         updated = update_manifest(bundle, onnx=onnx_entry, model_card=card)
@@ -416,4 +420,8 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
             target.unlink(missing_ok=True)
         raise
     log(f"wrote {INT8_FILE} ({len(int8) / 1e6:.1f} MB, {check.size_ratio:.0%} of fp32)")
+    if drop_fp32:
+        # The manifest no longer names it; a bundle shipped without its fp32 model still loads.
+        fp32.unlink(missing_ok=True)
+        log(f"removed {fp32.name} (the int8 model and {HEAD_FILE} are the bundle's ONNX files)")
     return updated

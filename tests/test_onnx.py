@@ -143,6 +143,20 @@ def test_quantize_refuses_then_writes_and_records_validation(exported, tmp_path)
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+def test_quantize_can_drop_the_fp32_model_for_shipping(quantized, tmp_path):
+    from engine.backends import available_engines
+    from engine.bundle import load_bundle
+    from engine.quantization import quantize_bundle
+
+    folder = tmp_path / "ship"
+    shutil.copytree(quantized, folder)
+    bundle = quantize_bundle(folder, calibration_images=4, validation_images=3, min_correlation=0.0,
+                             max_accuracy_drop=1.0, drop_fp32=True)
+    assert not (folder / "model.onnx").exists()
+    assert set(load_bundle(folder).manifest["onnx"]) == {"int8", "head"}
+    assert "onnx" not in available_engines(bundle) and "onnx-int8" in available_engines(bundle)
+
+
 def test_quantized_bundle_records_figures(quantized):
     from engine.backends import available_engines
     from engine.bundle import load_bundle
