@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -142,8 +143,13 @@ def bench_command(args: argparse.Namespace) -> int:
     image = _demo_image()
     found = available_engines(bundle)
     engines = [e for e in BENCH_ENGINES if e in found] if args.engine == "auto" else [args.engine]
+    load_before = os.getloadavg()[0]
     results = {e: _bench_in_subprocess(Path(args.model), e, args.repeats) for e in engines}
     report = {
+        # Other processes on the machine skew every figure (2 cores: one busy core can double a
+        # 2-thread engine's latency); the 1-minute load average before and after says how quiet it was.
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "cpu_count": os.cpu_count(),
         "model": f"{bundle.name} {bundle.version}",
         "image": f"{image.path.name} {image.shape[1]}x{image.shape[0]}",
         "repeats": args.repeats,
@@ -165,7 +171,9 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"Model {report['model']} on {report['image']}, {args.repeats} runs each, one subprocess per engine")
+    load = report["load_average_1min"]
+    print(f"Model {report['model']} on {report['image']}, {args.repeats} runs each, one subprocess per engine "
+          f"({report['cpu_count']} CPUs, load average {load['before']} before, {load['after']} after)")
     print(f"{'engine':10s} {'forward p50/p95/p99 ms':>26s} {'analysis p50/p95/p99 ms':>27s} "
           f"{'an/fw':>6s} {'img/s@32':>9s} {'peak MB':>8s} {'rise MB':>8s} {'size MB':>8s}")
     for engine, r in results.items():
