@@ -26,11 +26,16 @@ def windowed_rgb(image: SourceImage) -> np.ndarray:
 
 def render_overlay(image: SourceImage, heatmap: np.ndarray, *, colormap: str = "inferno",
                    opacity: float = 0.45, threshold: float = 0.0) -> np.ndarray:
-    """Blend a 0..1 map (H, W) over the windowed image; below ``threshold`` the map is clear."""
+    """Blend a 0..1 map (H, W) over the windowed image; below ``threshold`` the map is clear.
+
+    With no threshold the whole colormap is blended, zero included, so that regions without
+    evidence read as the colormap's low end rather than as untouched (brighter) image.
+    """
     base = windowed_rgb(image).astype(np.float32)
     colored = cv2.applyColorMap((np.clip(heatmap, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap])
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB).astype(np.float32)
-    alpha = (opacity * (heatmap >= threshold) * (heatmap > 0))[:, :, None].astype(np.float32)
+    shown = heatmap >= threshold if threshold > 0 else np.ones(heatmap.shape, bool)
+    alpha = (opacity * shown)[:, :, None].astype(np.float32)
     return (base * (1 - alpha) + colored * alpha).round().astype(np.uint8)
 
 
