@@ -8,6 +8,7 @@ an analysis runs (target < 50 ms), and open-to-analysed-overlay time for a ~2000
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -75,7 +76,10 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
     window = MainWindow(Settings(work / "settings.ini"))
     window.resize(1600, 1000)
     window.show()
-    results: dict = {"image": "2048x2048 uint16", "platform": app.platformName()}
+    results: dict = {"image": "2048x2048 uint16", "platform": app.platformName(),
+                     # Other work on the machine inflates every figure; record how busy it was.
+                     "cpus": os.cpu_count(),
+                     "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
     model_ok = False
     if model is not None:
