@@ -423,3 +423,20 @@ def test_dropping_files_opens_them(qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
     assert window.session.image.source.path == dropped
     assert window.recent_menu.actions()[0].text() == "dropped.png"
+
+
+def test_colour_images_display_invert_and_analyse(qtbot, tmp_path, tiny_bundle):
+    rgb = np.zeros((120, 140, 3), np.uint8)
+    rgb[..., 0] = 200
+    cv2.circle(rgb, (70, 60), 25, (30, 220, 90), -1)
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), rgb)
+    window = make_window(qtbot, tmp_path)
+    window.load_model(tiny_bundle)
+    window.open_paths([path])
+    analysis = wait_for_analysis(qtbot, window)
+    assert window.original.image.image.shape == (120, 140, 3)
+    assert analysis.maps["gradcam"].normalized.shape[1:] == (120, 140)
+    qtbot.keyClick(window, Qt.Key.Key_I)
+    assert window.invert and window.original.image.lut[0] == 255
+    window.grab()  # paints the inverted colour image without raising
