@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--screenshots", type=Path, metavar="DIR", help="render documentation PNGs and exit")
     parser.add_argument("--bench", action="store_true", help="measure display and analysis latency and exit")
     parser.add_argument("--json", action="store_true", help="with --bench: print one JSON object")
+    parser.add_argument("--selftest", action="store_true",
+                        help="open and analyse the demo study headless, check the result, exit non-zero on failure")
+    parser.add_argument("--selftest-png", type=Path, metavar="PNG", help="with --selftest: where to save the window")
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)  # tests, screenshots
     return parser.parse_args(argv)
 
@@ -72,6 +75,59 @@ def install_excepthook(window) -> None:
     sys.excepthook = hook
 
 
+# What the packaged app bundles and under which licence (from each package's metadata).
+BUNDLED = (
+    ("Qt 6 / PySide6, shiboken6", "PySide6_Essentials", "LGPL-3.0 (used under the LGPL; GPL-2.0/3.0 also offered)"),
+    ("pyqtgraph", "pyqtgraph", "MIT"),
+    ("ONNX Runtime", "onnxruntime", "MIT"),
+    ("pydicom", "pydicom", "MIT"),
+    ("NumPy", "numpy", "BSD-3-Clause (bundles OpenBLAS, BSD-3-Clause)"),
+    ("OpenCV (headless)", "opencv-python-headless", "Apache-2.0 (bundles FFmpeg, LGPL-2.1; libvpx, libaom, "
+                                                    "OpenBLAS, BSD; OpenSSL 1.1, OpenSSL licence)"),
+    ("pylibjpeg", "pylibjpeg", "MIT"),
+    ("pylibjpeg-libjpeg (libjpeg by Thomas Richter)", "pylibjpeg-libjpeg",
+     "GPL-3.0: note that the package as a whole is then distributed under the GPL-3.0's terms"),
+    ("pylibjpeg-openjpeg (OpenJPEG)", "pylibjpeg-openjpeg", "MIT; OpenJPEG itself BSD-2-Clause"),
+    ("pylibjpeg-rle", "pylibjpeg-rle", "MIT"),
+    ("Python", None, "PSF-2.0"),
+)
+
+
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lantern")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def about_html(window=None) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = getattr(getattr(window, "session", None), "model", None)
+    loaded = (f"{model.bundle.name} {model.bundle.version}, engine {model.engine}" if model is not None
+              else "no model loaded")
+    rows = []
+    for label, dist, licence in BUNDLED:
+        try:
+            found = version(dist) if dist else sys.version.split()[0]
+        except PackageNotFoundError:
+            found = "not installed"
+        rows.append(f"<tr><td>{label}</td><td>{found}</td><td>{licence}</td></tr>")
+    return (f"<h3>Lantern {app_version()}</h3><p>Grad-CAM explanations and MC-dropout uncertainty for a "
+            f"local image classifier. Offline; not a medical device.</p><p><b>Model:</b> {loaded}</p>"
+            "<p>Lantern is Apache-2.0. It bundles:</p><table cellspacing=4>" + "".join(rows) +
+            "</table><p>Licence texts are in the package's *.dist-info folders.</p>")
+
+
+def install_about(window) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    menu = window.menuBar().addMenu("&Help")
+    menu.addAction("About Lantern…", lambda: QMessageBox.about(window, "About Lantern", about_html(window)))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.bench or args.screenshots:
@@ -86,6 +142,11 @@ def main(argv=None) -> int:
         from viewer.bench import run_bench
 
         return run_bench(as_json=args.json, model=default_model(args), engine_name=args.engine or "auto")
+    if args.selftest:
+        from viewer.selftest import run_selftest
+
+        return run_selftest(default_model(args), args.paths[0] if args.paths else None, args.selftest_png,
+                            args.engine or "onnx-int8")
     if args.screenshots:
         from viewer.screenshots import render_screenshots
 
@@ -98,6 +159,7 @@ def main(argv=None) -> int:
     window = MainWindow(settings)
     window.log_path = log_path
     install_excepthook(window)
+    install_about(window)
     engine_name = args.engine or settings.get("engine")
     if args.engine:
         settings.set("engine", args.engine)

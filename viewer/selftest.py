@@ -1,0 +1,306 @@
+"""`lantern --selftest`: an installed Lantern proves that it works, with or without a screen.
+
+It opens the demo studies in the real main window (offscreen when there is no display), loads
+the demo model with the INT8 ONNX engine, waits for the analysed overlay, and then checks:
+
+- the model and the analysis: every reference study's predicted class and probabilities match
+  the figures stored for this exact model file (``build/selftest_reference.json``; the model's
+  SHA-256 is in it) within a tolerance, and its Grad-CAM peak lies where it did;
+- the packaged app has no torch, and pydicom finds its JPEG / JPEG 2000 / RLE decoders;
+- the window renders: a PNG of it is written (path printed) and must not be blank.
+
+It prints the cold-start time (process start to a shown window with the demo analysed; target
+< 3 s) and, in the packaged app, the folder size. Any failed check makes the exit code 1.
+
+The reference figures come from the source checkout's ONNX engine:
+
+    .venv/bin/python -m viewer.selftest --write-reference [--model BUNDLE]
+
+(re-run it whenever the demo bundle's int8 model changes, and commit the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "build" / "selftest_reference.json"
+DEMO_MODEL = ROOT / "resources" / "models" / "demo"
+DEMO_STUDIES = ROOT / "resources" / "studies"
+ENGINE = "onnx-int8"
+PROBABILITY_TOLERANCE = 0.03  # absolute, per class: int8 kernels differ a little between CPUs
+PEAK_TOLERANCE = 0.06  # fraction of the image's longer side
+COLD_START_TARGET_S = 3.0
+REFERENCE_STUDIES = ("demo_nodule.dcm", "demo_effusion.dcm", "demo_normal.dcm", "demo_nodule.png")
+_IMPORTED = time.time()
+
+
+def is_frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def package_folder() -> Path | None:
+    return Path(sys.executable).resolve().parent if is_frozen() else None
+
+
+def folder_size(folder: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
+
+def process_started() -> tuple[float, str]:
+    """Wall-clock time the process started, and how it was found."""
+    try:
+        if sys.platform.startswith("linux"):
+            stat = Path("/proc/self/stat").read_text()
+            ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time after boot
+            uptime = float(Path("/proc/uptime").read_text().split()[0])
+            return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK")), "process start"
+        if sys.platform == "win32":
+            import ctypes
+            from ctypes import wintypes
+
+            times = [wintypes.FILETIME() for _ in range(4)]
+            handle = ctypes.windll.kernel32.GetCurrentProcess()
+            if ctypes.windll.kernel32.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+                created = (times[0].dwHighDateTime << 32) | times[0].dwLowDateTime
+                return created / 1e7 - 11644473600.0, "process start"
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    return _IMPORTED, "self-test module import (process start unknown here)"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# reference figures ------------------------------------------------------------
+def study_figures(model, path: Path) -> dict:
+    """What the reference stores for one study: predicted class, probabilities, Grad-CAM peak."""
+    import engine
+
+    analysis = engine.analyze(engine.load_image(path), model, engine.AnalysisOptions(methods=("gradcam",),
+                                                                                     mc_samples=0))
+    maps = analysis.maps["gradcam"]
+    row, col = maps.peak(analysis.predicted)
+    return {
+        "predicted": analysis.predicted_class,
+        "probabilities": {c: round(float(p), 5) for c, p in zip(analysis.classes, analysis.probabilities)},
+        "gradcam_peak": [int(row), int(col)],
+        "image_shape": list(maps.absolute.shape[1:]),
+    }
+
+
+def write_reference(model_dir: Path, studies: Path, out: Path) -> int:
+    import engine
+
+    model = engine.load_model(model_dir, ENGINE)
+    int8 = model.bundle.onnx["int8"]
+    figures = {}
+    for name in REFERENCE_STUDIES:
+        if (studies / name).is_file():
+            figures[name] = study_figures(model, studies / name)
+            label = name.split("_")[1].split(".")[0]
+            note = "" if figures[name]["predicted"] == label else f"  (note: the phantom shows {label})"
+            print(f"{name}: {figures[name]['predicted']} {figures[name]['probabilities']}{note}")
+    reference = {
+        "about": "Self-test reference figures for the demo model's INT8 ONNX engine "
+                 "(viewer/selftest.py). Regenerate: python -m viewer.selftest --write-reference",
+        "model": {"name": model.bundle.name, "version": model.bundle.version,
+                  "int8_file": int8.name, "int8_sha256": sha256(int8)},
+        "engine": ENGINE,
+        "tolerance": {"probability_abs": PROBABILITY_TOLERANCE, "peak_fraction": PEAK_TOLERANCE},
+        "studies": figures,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+def compare(expected: dict, found: dict, tolerance: dict) -> list[str]:
+    """Differences between stored and measured study figures, in words (empty: it matches)."""
+    problems = []
+    if found["predicted"] != expected["predicted"]:
+        problems.append(f"predicted {found['predicted']}, expected {expected['predicted']}")
+    tol = tolerance.get("probability_abs", PROBABILITY_TOLERANCE)
+    for name, value in expected["probabilities"].items():
+        got = found["probabilities"].get(name)
+        if got is None or abs(got - value) > tol:
+            problems.append(f"p({name}) = {got}, expected {value} ± {tol}")
+    limit = tolerance.get("peak_fraction", PEAK_TOLERANCE) * max(expected["image_shape"])
+    distance = max(abs(a - b) for a, b in zip(found["gradcam_peak"], expected["gradcam_peak"]))
+    if distance > limit:
+        problems.append(f"Grad-CAM peak at {found['gradcam_peak']}, expected near {expected['gradcam_peak']}")
+    return problems
+
+
+# the self-test ----------------------------------------------------------------
+class Report:
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def check(self, ok: bool, what: str, detail: str = "") -> bool:
+        print(f"  {'ok  ' if ok else 'FAIL'}  {what}{': ' + detail if detail else ''}", flush=True)
+        if not ok:
+            self.failures.append(what)
+        return ok
+
+    def info(self, what: str, detail: str) -> None:
+        print(f"  info  {what}: {detail}", flush=True)
+
+
+def check_codecs(report: Report) -> None:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+    for uid in (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless, RLELossless):
+        decoder = get_decoder(uid)
+        report.check(decoder.is_available, f"DICOM decoder for {uid.name}",
+                     ", ".join(decoder.available_plugins) or "no plugin found")
+
+
+def check_reference(report: Report, model, reference_path: Path, studies: Path) -> None:
+    if not reference_path.is_file():
+        report.check(False, "reference figures", f"{reference_path} is missing")
+        return
+    reference = json.loads(reference_path.read_text(encoding="utf-8"))
+    int8 = model.bundle.onnx.get("int8")
+    digest = sha256(int8) if int8 is not None else None
+    if not report.check(digest == reference["model"]["int8_sha256"], "reference figures are for this model",
+                        f"{model.bundle.name} {model.bundle.version}" if digest == reference["model"]["int8_sha256"]
+                        else f"{int8} differs from the model the figures were made with; regenerate them: "
+                             "python -m viewer.selftest --write-reference"):
+        return
+    for name, expected in reference["studies"].items():
+        path = studies / name
+        if not report.check(path.is_file(), f"reference study {name} present", str(path)):
+            continue
+        start = time.perf_counter()
+        found = study_figures(model, path)
+        problems = compare(expected, found, reference.get("tolerance", {}))
+        probabilities = ", ".join(f"{c} {p:.3f}" for c, p in found["probabilities"].items())
+        report.check(not problems, f"{name} analysed like the reference",
+                     "; ".join(problems) or f"{found['predicted']} ({probabilities}; "
+                                            f"{(time.perf_counter() - start) * 1000:.0f} ms)")
+
+
+def rendered_not_blank(image) -> bool:
+    """A grabbed window that is one flat colour did not render."""
+    small = image.scaled(64, 40)
+    colours = {small.pixel(x, y) for x in range(small.width()) for y in range(small.height())}
+    return len(colours) > 20
+
+
+def run_selftest(model: Path | None = None, studies: Path | None = None, png: Path | None = None,
+                 engine_name: str = ENGINE, reference: Path = REFERENCE, started: float | None = None) -> int:
+    """The whole self-test; returns the exit code. Needs a QApplication (``viewer.app`` makes it)."""
+    from PySide6.QtWidgets import QApplication
+
+    from viewer.bench import _wait
+    from viewer.main_window import MainWindow
+    from viewer.settings import Settings
+
+    origin, origin_label = (started, "self-test call") if started is not None else process_started()
+    model = Path(model) if model else DEMO_MODEL
+    studies = Path(studies) if studies else DEMO_STUDIES
+    work = Path(tempfile.mkdtemp(prefix="lantern-selftest-"))
+    png = Path(png) if png else work / "lantern-selftest.png"
+    report = Report()
+    app = QApplication.instance()
+    print(f"Lantern self-test ({'packaged app' if is_frozen() else 'source checkout'}, "
+          f"Qt platform {app.platformName()})", flush=True)
+    print(f"  model {model}\n  studies {studies}", flush=True)
+
+    window = MainWindow(Settings(work / "settings.ini"))
+    window.resize(1600, 1000)
+    window.show()
+    window.load_model(model, engine_name)
+    loaded = _wait(app, lambda: window.session.model is not None or window.banner.isVisible(), 60_000)
+    if not report.check(loaded and window.session.model is not None, f"model loads with the {engine_name} engine",
+                        window.status_text.text()):
+        window.close()
+        return 1
+    loaded_model = window.session.model
+    window.open_paths([studies])
+    analysed = _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
+    app.processEvents()
+    window.repaint()
+    cold = time.time() - origin
+    if not report.check(analysed, "the demo study is analysed in the window", window.status_text.text()):
+        window.close()
+        return 1
+    analysis = window.session.analysis
+    report.check(analysis.engine == engine_name, "analysed by the requested engine", analysis.engine)
+    print(f"  cold start: {cold:.2f} s from {origin_label} to the shown window with "
+          f"{analysis.source.name} analysed (target < {COLD_START_TARGET_S:.0f} s"
+          f"{'' if cold < COLD_START_TARGET_S else ': MISSED'})", flush=True)
+
+    check_reference(report, loaded_model, reference, studies)
+    check_codecs(report)
+    if is_frozen():
+        report.check(importlib.util.find_spec("torch") is None, "the package has no torch")
+    else:
+        report.info("torch", "not checked in a source checkout")
+
+    # The PNG shows the nodule DICOM when the demo folder has it (the documentation's view).
+    files = window.session.files
+    nodule = [i for i, f in enumerate(files) if f.name == "demo_nodule.dcm"]
+    if nodule and files[window.session.index].name != "demo_nodule.dcm":
+        window.session.show_index(nodule[0])
+        _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
+    _wait(app, lambda: window.studies.tree.topLevelItemCount() > 0, 5_000)
+    for _ in range(5):
+        app.processEvents()
+    image = window.grab().toImage()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    saved = image.save(str(png))
+    report.check(saved and rendered_not_blank(image), "main window rendered", str(png))
+    window.close()
+
+    folder = package_folder()
+    if folder is not None:
+        print(f"  package folder: {folder} ({folder_size(folder) / 1e6:.0f} MB)", flush=True)
+    if report.failures:
+        print(f"SELF-TEST FAILED ({len(report.failures)}): " + "; ".join(report.failures), flush=True)
+        return 1
+    print(f"SELF-TEST PASSED (cold start {cold:.2f} s)", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m viewer.selftest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-reference", action="store_true",
+                        help="(re)write the reference figures from this checkout's demo model")
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL)
+    parser.add_argument("--studies", type=Path, default=DEMO_STUDIES)
+    parser.add_argument("--out", type=Path, default=REFERENCE, help="reference file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.write_reference:
+        return write_reference(args.model, args.studies, args.out)
+    # Without --write-reference: the GUI self-test, as `lantern --selftest` runs it.
+    from viewer.app import main as app_main
+
+    return app_main(["--selftest", "--model", str(args.model), str(args.studies)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
