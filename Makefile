@@ -51,5 +51,11 @@ bench: $(STAMP)
 demo-model: $(STAMP)
 	$(BIN)/lantern-engine train-demo --out resources/models/demo
 
+# A slim, torch-free one-folder app in dist/lantern/ with the demo model's ONNX files and the demo
+# studies, its archive dist/lantern-<version>-<os>-<arch>.tar.gz, then the app's own --selftest
+# (docs/installing.md). An up-to-date build is reused; `python build/package.py --force` rebuilds.
+package: $(STAMP)
+	nice -n 19 $(BIN)/python build/package.py
+
 clean:
 	rm -rf $(VENV) dist build/work

@@ -260,6 +260,14 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     else:
         report.info("torch", "not checked in a source checkout")
 
+    from viewer.app import about_html, app_version, install_about
+
+    install_about(window)
+    about = about_html(window)
+    report.check(all(t in about for t in (app_version(), loaded_model.bundle.name, engine_name, "GPL-3.0", "LGPL"))
+                 and "not installed" not in about, "About box names version, model, engine and licences",
+                 f"Lantern {app_version()}")
+
     # The PNG shows the nodule DICOM when the demo folder has it (the documentation's view).
     files = window.session.files
     nodule = [i for i, f in enumerate(files) if f.name == "demo_nodule.dcm"]
