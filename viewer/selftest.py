@@ -240,7 +240,8 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
         return 1
     loaded_model = window.session.model
     window.open_paths([studies])
-    analysed = _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
+    analysed = _wait(app, lambda: (window.session.analysis is not None and bool(window.strip.buttons))
+                     or window.banner.isVisible(), 60_000) and window.session.analysis is not None
     app.processEvents()
     window.repaint()
     cold = time.time() - origin
