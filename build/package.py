@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "build" / "lantern.spec"
 NAME = "lantern"
-SIZE_BUDGET_MB = 350
+SIZE_BUDGET_MB = 350  # the target; OpenCV alone takes ~160 MB of it (docs/installing.md)
+SIZE_LIMIT_MB = 440  # tests/test_package.py fails above this: a regression guard, not the target
 # Distributions whose version changes the package (the rest are excluded or build tools).
 RUNTIME_DISTS = ("PySide6_Essentials", "shiboken6", "pyqtgraph", "onnxruntime", "numpy", "pydicom",
                  "opencv-python-headless", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
