@@ -196,7 +196,8 @@ def make_phantom(rng: np.random.Generator, label: int, size: int = 256) -> Phant
         fluid = _ramp(v - surface, 0.035)
         fluid_in_lung = fluid * side_alpha[k]
         lung_alpha -= fluid_in_lung
-        lung_depth *= 1.0 - fluid
+        # Only the effusion side: `fluid` alone spans both lungs and would opacify the other base.
+        lung_depth *= 1.0 - fluid_in_lung
         att += fluid_in_lung * uniform(0.0, 0.04)
 
     # ---- bones ---------------------------------------------------------------------------

@@ -122,10 +122,9 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     """Train the demo model.
 
     Besides the class label, the explained layer gets an auxiliary target: where the lesion is
-    (phantoms come with masks). Without it the model learned to call a right-sided effusion from
-    the left lung base, and its maps pointed there: a true picture of a shortcut, but a poor demo
-    of maps that mean something. The auxiliary 1x1 head is dropped after training; the shipped
-    model is a plain torchvision ResNet-18.
+    (phantoms come with masks), so that its channels locate lesions and the demo's maps mean
+    something to a class. The auxiliary 1x1 head is dropped after training; the shipped model is
+    a plain torchvision ResNet-18.
     """
     import torch
     from safetensors.torch import save_file
