@@ -130,7 +130,7 @@ def analysis_steps(
     maps: dict[str, ClassMaps] = {}
     for method in methods:
         grid = method.raw_maps(outputs.activations, outputs.gradients)
-        absolute = map_to_source(grid, model_input.geometry)
+        absolute = map_to_source(grid, model_input.geometry, model.bundle.map_alignment)
         maps[method.name] = ClassMaps(method.name, absolute, normalize_per_class(absolute), grid)
     lap("maps")
     yield Progress("uncertainty", 3, total)

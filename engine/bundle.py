@@ -25,6 +25,16 @@ ARCHITECTURES = (
     "convnext_tiny",
     "mobilenet_v3_large",
 )
+# Where a CNN's feature cell i sits on its input, at stride s: nets whose convolutions are padded
+# to keep centres (ResNet, MobileNet, EfficientNet) centre cell i on input pixel s*i; nets that
+# downsample by unpadded patches (ConvNeXt's stem, DenseNet's transitions) centre it near
+# s*i + (s-1)/2, which is what a plain image resize assumes. Half a cell is 16 px at /32: enough to
+# move a map's peak off a small lesion.
+MAP_ALIGNMENTS = ("stride", "resize")
+DEFAULT_MAP_ALIGNMENT = {
+    "resnet18": "stride", "resnet50": "stride", "mobilenet_v3_large": "stride",
+    "efficientnet_b0": "stride", "densenet121": "resize", "convnext_tiny": "resize",
+}
 RESIZE_RULES = ("stretch", "letterbox", "center_crop")
 INTENSITY_RULES = ("percentile", "window", "minmax", "unit8")
 NORMALIZATIONS = {
@@ -69,6 +79,7 @@ class ModelBundle:
     intended_use: str = ""
     model_card: dict[str, Any] = field(default_factory=dict)
     synthetic_demo: bool = False
+    map_alignment: str = "resize"  # see MAP_ALIGNMENTS
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -163,6 +174,9 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
             "convert with 'lantern-engine bundle')",
             folder,
         )
+    alignment = manifest.get("map_alignment", DEFAULT_MAP_ALIGNMENT[arch])
+    if alignment not in MAP_ALIGNMENTS:
+        raise ModelBundleError(f"map_alignment must be one of {', '.join(MAP_ALIGNMENTS)}", folder)
     onnx = {k: _inside(folder, v, f"onnx model '{k}'") for k, v in (manifest.get("onnx") or {}).items()}
     if weights_path is None and not onnx:
         raise ModelBundleError("the bundle names no weights and no ONNX model", folder)
@@ -180,6 +194,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         intended_use=str(manifest.get("intended_use", "")),
         model_card=dict(manifest.get("model_card") or {}),
         synthetic_demo=bool(manifest.get("synthetic_demo", False)),
+        map_alignment=alignment,
         manifest=manifest,
     )
 

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--per-epoch", type=int, default=3000)
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="do not train: measure the existing bundle again and update its model card")
     return parser
 
 
@@ -100,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                             dynamic=args.dynamic, drop_fp32=args.drop_fp32, log=lambda m: print(m, file=sys.stderr))
             return 0
         if args.command == "train-demo":
-            from .training import train_demo
+            from .training import reevaluate_demo, train_demo
 
-            train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch)
+            if args.evaluate_only:
+                reevaluate_demo(args.out)
+            else:
+                train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch)
             return 0
     except LanternError as exc:
         print(f"lantern-engine: {exc}", file=sys.stderr)

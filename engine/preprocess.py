@@ -111,11 +111,18 @@ def prepare_input(image: SourceImage, spec: InputSpec) -> ModelInput:
     return ModelInput(np.ascontiguousarray(tensor), seen, geometry)
 
 
-def grid_to_source_affine(geometry: Geometry, grid_shape: tuple[int, int]) -> np.ndarray:
-    """Affine from source (x, y) to a coarse grid over the input (a CAM's feature map)."""
+def grid_to_source_affine(geometry: Geometry, grid_shape: tuple[int, int], alignment: str = "resize") -> np.ndarray:
+    """Affine from source (x, y) to a coarse grid over the input (a CAM's feature map).
+
+    ``alignment`` says where feature cell i sits on the input (see bundle.MAP_ALIGNMENTS):
+    "stride" centres it on input pixel i*s, "resize" on (i + 0.5)*s - 0.5.
+    """
     h, w = geometry.input_shape
     gh, gw = grid_shape
-    to_grid = _scale_affine((h, w), (gh, gw), (0.0, 0.0))
+    if alignment == "stride":
+        to_grid = np.array([[gw / w, 0.0, 0.0], [0.0, gh / h, 0.0]])
+    else:
+        to_grid = _scale_affine((h, w), (gh, gw), (0.0, 0.0))
     return (_homogeneous(to_grid) @ _homogeneous(geometry.to_input))[:2]
 
 
@@ -123,13 +130,13 @@ def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
-def map_to_source(maps: np.ndarray, geometry: Geometry) -> np.ndarray:
+def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize") -> np.ndarray:
     """Warp maps (N, gh, gw) on the model's grid back onto the source image: (N, H, W).
 
     Parts of the source the model never saw (cropped away) get 0.
     """
     H, W = geometry.source_shape
-    affine = grid_to_source_affine(geometry, maps.shape[1:])
+    affine = grid_to_source_affine(geometry, maps.shape[1:], alignment)
     out = np.empty((maps.shape[0], H, W), dtype=np.float32)
     for i, grid in enumerate(maps.astype(np.float32, copy=False)):
         # WARP_INVERSE_MAP: the affine maps each destination (source-image) pixel into the grid.

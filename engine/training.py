@@ -196,3 +196,21 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     write_json_atomic(out / "manifest.json", manifest)
     log(f"held-out accuracy {metrics['accuracy']:.3f}; pointing game {metrics['pointing_game']}")
     return metrics
+
+
+def reevaluate_demo(folder: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Measure a trained demo bundle again (same held-out phantoms) and rewrite its model card's
+    metrics, keeping its training record: for when the analysis path changes, not the model."""
+    from .backends.architectures import build_model, load_weights
+    from .bundle import load_bundle, update_manifest
+
+    bundle = load_bundle(folder)
+    model = build_model(bundle)
+    load_weights(model, bundle)
+    metrics = evaluate(bundle, model.eval(), n=600, seed=seed + 90_000)
+    card = dict(bundle.model_card)
+    metrics["training"] = card.get("metrics", {}).get("training")
+    card["metrics"] = metrics
+    update_manifest(bundle, model_card=card)
+    log(f"held-out accuracy {metrics['accuracy']:.3f}; pointing game {metrics['pointing_game']}")
+    return metrics

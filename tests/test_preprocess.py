@@ -68,3 +68,38 @@ def test_padding_pixels_are_ignored_by_the_percentile_window():
     spec = InputSpec(1, (50, 50), "stretch", "percentile", (0.0,), (1.0,))
     seen = prepare_input(image, spec).seen
     assert seen[:, 20:].max() > 0.95  # the body spans the full range, not squeezed by -2000
+
+
+def test_map_alignment_follows_the_receptive_field_of_a_resnet():
+    """A feature cell of a padded ResNet is centred on input pixel i*stride, not on the middle of
+    its block: measured from the gradient of one cell with respect to the input."""
+    torch = pytest.importorskip("torch")
+    import torchvision
+
+    from engine.preprocess import Geometry
+
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    # Uniform positive kernels make every layer's footprint symmetric, so the gradient's centroid
+    # is the receptive field's centre (random kernels add noise of several pixels).
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.fill_(1.0 / module.weight[0].numel())
+    trunk = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+    size = 384  # big enough that the cell's receptive field stays clear of the border
+    x = torch.full((1, 3, size, size), 0.01, requires_grad=True)
+    features = trunk(x)
+    cell = (12, 11)
+    features[0, :, cell[0], cell[1]].sum().backward()
+    weight = x.grad[0].abs().sum(0).numpy()
+    yy, xx = np.mgrid[:size, :size]
+    centre = ((weight * yy).sum() / weight.sum(), (weight * xx).sum() / weight.sum())
+
+    geometry = Geometry((size, size), (size, size), np.array([[1.0, 0, 0], [0, 1.0, 0]]))
+    grid = np.zeros((1,) + tuple(features.shape[2:]), np.float32)
+    grid[0][cell] = 1.0
+    for alignment, should_match in (("stride", True), ("resize", False)):
+        back = map_to_source(grid, geometry, alignment)[0]
+        peak = np.unravel_index(np.argmax(back), back.shape)
+        close = abs(peak[0] - centre[0]) <= 2.5 and abs(peak[1] - centre[1]) <= 2.5
+        assert close == should_match, (alignment, peak, centre)
