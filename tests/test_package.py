@@ -21,8 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_STUDIES = ROOT / "resources" / "studies"
-sys.path.insert(0, str(ROOT / "build"))
-import package  # noqa: E402  (build/package.py)
+_spec = importlib.util.spec_from_file_location("lantern_build_package", ROOT / "build" / "package.py")
+package = importlib.util.module_from_spec(_spec)  # build/package.py, without touching sys.path
+_spec.loader.exec_module(package)
 
 
 def demo_onnx_bundle() -> Path:
