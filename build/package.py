@@ -80,7 +80,7 @@ def fingerprint() -> dict:
         bundle_files += [bundle / name for name in onnx.values() if (bundle / name).is_file()]
     sources = [p for pkg in ("engine", "viewer") for p in (ROOT / pkg).rglob("*.py")]
     build = [SPEC, ROOT / "build" / "lantern_entry.py", ROOT / "build" / "selftest_reference.json",
-             ROOT / "pyproject.toml"]
+             ROOT / "pyproject.toml", *(ROOT / "build" / "licenses").glob("*.txt")]
     dists = {}
     for name in RUNTIME_DISTS:
         try:

@@ -118,7 +118,7 @@ def about_html(window=None) -> str:
     return (f"<h3>Lantern {app_version()}</h3><p>Grad-CAM explanations and MC-dropout uncertainty for a "
             f"local image classifier. Offline; not a medical device.</p><p><b>Model:</b> {loaded}</p>"
             "<p>Lantern is Apache-2.0. It bundles:</p><table cellspacing=4>" + "".join(rows) +
-            "</table><p>Licence texts are in the package's *.dist-info folders.</p>")
+            "</table><p>Licence texts are in the package's licenses and *.dist-info folders.</p>")
 
 
 def install_about(window) -> None:
