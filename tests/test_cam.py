@@ -127,3 +127,14 @@ def test_all_class_gradients_come_from_one_batched_backward(tmp_path, monkeypatc
     monkeypatch.setattr(torch.autograd, "grad", counting)
     TorchBackend(small_bundle(tmp_path), SmallNet()).explain(np.zeros((1, 1, 32, 32), np.float32))
     assert calls == [True]
+
+
+def test_densenet_with_an_in_place_relu_after_the_explained_layer(tmp_path):
+    from conftest import make_bundle
+
+    bundle = make_bundle(tmp_path / "densenet", architecture="densenet121", size=64)
+    backend = load_model(bundle, "torch").backend
+    x = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    outputs = backend.explain(x)
+    assert outputs.gradients.shape[0] == 3 and np.abs(outputs.gradients).max() > 0
+    np.testing.assert_allclose(outputs.logits, backend.forward(x)[0], rtol=1e-4, atol=1e-5)

@@ -32,10 +32,13 @@ def capture_layers(model: nn.Module, target: nn.Module, head: nn.Module, detach_
     store = _Capture()
 
     def on_target(_module, _inputs, output):
-        if detach_target:
-            output = output.detach().requires_grad_(True)
-        store.activation = output
-        return output
+        if not detach_target:
+            store.activation = output
+            return output
+        store.activation = output.detach().requires_grad_(True)
+        # A clone goes on, so that an in-place op after the layer (DenseNet's relu) does not
+        # modify the leaf autograd differentiates against.
+        return store.activation.clone()
 
     def on_head(_module, inputs):
         store.head_input = inputs[0].detach()
