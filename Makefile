@@ -46,6 +46,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lantern-engine bench
+	$(BIN)/lantern --bench
+
+# Renders the main window, the compare view and an error state to PNG (headless).
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/lantern --screenshots docs/screenshots
 
 # Re-trains the demo model from synthetic phantoms (about 15 minutes on 2 cores).
 demo-model: $(STAMP)
