@@ -52,15 +52,13 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/lantern --screenshots docs/screenshots
 
-# Re-trains the demo model from synthetic phantoms (about 15 minutes on 2 cores).
+# Re-trains the demo model from synthetic phantoms (about 20 minutes on 2 quiet cores), then
+# exports and quantizes it (training rewrites the manifest) and refreshes the self-test figures.
 demo-model: $(STAMP)
 	$(BIN)/lantern-engine train-demo --out resources/models/demo
-
-# A slim, torch-free one-folder app in dist/lantern/ with the demo model's ONNX files and the demo
-# studies, its archive dist/lantern-<version>-<os>-<arch>.tar.gz, then the app's own --selftest
-# (docs/installing.md). An up-to-date build is reused; `python build/package.py --force` rebuilds.
-package: $(STAMP)
-	nice -n 19 $(BIN)/python build/package.py
+	$(BIN)/lantern-engine export resources/models/demo
+	$(BIN)/lantern-engine quantize resources/models/demo --drop-fp32
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m viewer.selftest --write-reference
 
 clean:
 	rm -rf $(VENV) dist build/work
