@@ -36,7 +36,6 @@ import io
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engine.files import write_bytes_atomic
 from engine.phantoms import CLASSES, Phantom, make_phantom
 
 __all__ = ["DEMO_FILES", "write_demo_studies", "main"]
@@ -276,22 +276,6 @@ def _known_hashes(out_dir: Path) -> set[str]:
     return set(re.findall(r"^\s+([0-9a-f]{64})\s+\S", text, flags=re.MULTILINE))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_demo_studies(out_dir: Path, seed: int = 7) -> list[Path]:
     """Write the demo studies into ``out_dir`` (created if needed); return the paths, in
     :data:`DEMO_FILES` order. Files already identical are left alone (see the module docstring
@@ -356,7 +340,7 @@ def write_demo_studies(out_dir: Path, seed: int = 7) -> list[Path]:
         to_write.append((path, data))
     # The README (manifest) goes last so that an interrupted run can be re-run.
     for path, data in to_write:
-        _write_atomic(path, data)
+        write_bytes_atomic(path, data)
     return [out_dir / name for name in DEMO_FILES]
 
 
