@@ -130,35 +130,26 @@ def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
-def _interpolation_matrix(scale: float, offset: float, n_out: int, n_grid: int, canvas: int, to_canvas) -> np.ndarray:
-    """(n_out, n_grid) weights of 1-D linear interpolation from a grid onto n_out pixels whose
-    grid coordinate is scale * x + offset; edges repeat the border cell (as the grid's rim is
-    half a cell wide), pixels outside the model's canvas get no weight at all."""
-    x = np.arange(n_out, dtype=np.float64)
-    u = np.clip(scale * x + offset, 0.0, n_grid - 1)
-    i0 = np.floor(u).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_grid - 1)
-    frac = (u - i0).astype(np.float32)
-    weights = np.zeros((n_out, n_grid), dtype=np.float32)
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, i0), 1.0 - frac)
-    np.add.at(weights, (rows, i1), frac)
-    inside = to_canvas(x)
-    weights[(inside < -0.5) | (inside > canvas - 0.5)] = 0.0
-    return weights
-
-
 def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize") -> np.ndarray:
-    """Bring maps (N, gh, gw) on the model's grid back onto the source image: (N, H, W).
+    """Warp maps (N, gh, gw) on the model's grid back onto the source image: (N, H, W).
 
-    The resize rules only scale and shift, so bilinear interpolation separates into one small
-    matrix per axis: two matrix products instead of a full-image warp. Parts of the source the
-    model never saw (cropped away) get 0.
+    Parts of the source the model never saw (cropped away) get 0.
     """
     H, W = geometry.source_shape
-    h, w = geometry.input_shape
-    (gx, _, ox), (_, gy, oy) = grid_to_source_affine(geometry, maps.shape[1:], alignment)
+    affine = grid_to_source_affine(geometry, maps.shape[1:], alignment)
+    out = np.empty((maps.shape[0], H, W), dtype=np.float32)
+    for i, grid in enumerate(maps.astype(np.float32, copy=False)):
+        # WARP_INVERSE_MAP: the affine maps each destination (source-image) pixel into the grid.
+        out[i] = cv2.warpAffine(
+            grid, affine, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    # Replicating the border is right at the grid's half-pixel rim, but source pixels that were
+    # cropped away (center_crop) carry no evidence at all.
     (ax, _, bx), (_, ay, by) = geometry.to_input
-    rows = _interpolation_matrix(gy, oy, H, maps.shape[1], h, lambda y: ay * y + by)
-    cols = _interpolation_matrix(gx, ox, W, maps.shape[2], w, lambda x: ax * x + bx)
-    return np.matmul(rows, np.matmul(maps.astype(np.float32, copy=False), cols.T))
+    h, w = geometry.input_shape
+    x_in = ax * np.arange(W) + bx
+    y_in = ay * np.arange(H) + by
+    out[:, (y_in < -0.5) | (y_in > h - 0.5), :] = 0.0
+    out[:, :, (x_in < -0.5) | (x_in > w - 0.5)] = 0.0
+    return out
