@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -218,6 +217,15 @@ def _dicom_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
     return buf.getvalue()
+
+
+def radiograph_dicom_bytes(pixels: np.ndarray, key: str = "bench", seed: int = 0) -> bytes:
+    """An uncompressed single-frame DX file of ``pixels`` (values scaled into the 12 stored
+    bits), for benchmarks that must open a radiograph as a reader's files arrive."""
+    scaled = np.clip(pixels.astype(np.float64) * (4095.0 / max(float(pixels.max()), 1.0)), 0, 4095)
+    ds = _dataset(seed, key, "BENCH^RADIOGRAPH", "LANTERN-BENCH", scaled.astype(np.uint16)[None],
+                  DigitalXRayImageStorageForPresentation, 99)
+    return _dicom_bytes(ds)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

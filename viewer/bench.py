@@ -19,6 +19,8 @@ import numpy as np
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
 
+from engine.demo_data import radiograph_dicom_bytes
+
 REPEATS = 20
 TIMEOUT_MS = 120_000
 
@@ -121,8 +123,9 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
         results["gui_stall_during_analysis"] = {
             "max_gap_ms": round(max(gaps), 2), "heartbeats": len(gaps), "interval_ms": 5}
 
-        radiograph = work / "radiograph_2000.png"
-        cv2.imwrite(str(radiograph), synthetic_radiograph(2000, seed=1))
+        # The case: an uncompressed DICOM radiograph of about 2000 x 2000 pixels.
+        radiograph = work / "radiograph_2000.dcm"
+        radiograph.write_bytes(radiograph_dicom_bytes(synthetic_radiograph(2000, seed=1)))
         start = time.perf_counter()
         window.open_paths([radiograph])
         shown = _wait(app, lambda: window.session.analysis is not None
