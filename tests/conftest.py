@@ -42,6 +42,21 @@ def make_bundle(folder: Path, *, architecture="resnet18", classes=("normal", "no
     return folder
 
 
+def new_dicom(sop_class) -> "pydicom.Dataset":
+    """A data set with file meta and fresh UIDs, ready for a test to add its modules."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     pytest.importorskip("torch")

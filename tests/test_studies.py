@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pydicom.data
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTPlanStorage, generate_uid
+from pydicom.uid import CTImageStorage, RTPlanStorage, generate_uid
 
+from conftest import new_dicom
 from engine.studies import ImageRef, ScanResult, Series, Study, scan_studies
 
 PYDICOM_DICOMDIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "DICOMDIR"
@@ -19,13 +20,7 @@ PYDICOM_DICOMDIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdir
 
 def make_ct(study_uid: str, series_uid: str, *, series_number: int, instance: int, patient="Doe^Jane",
             description="Chest", frames: int | None = None, sop_class=CTImageStorage) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = new_dicom(sop_class)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.PatientName, ds.PatientID, ds.StudyDate, ds.StudyTime = patient, patient[:3], "20240301", "120000"
     ds.StudyDescription, ds.SeriesDescription = description, f"series {series_number}"
