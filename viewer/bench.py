@@ -20,6 +20,7 @@ from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
 
 from engine.demo_data import radiograph_dicom_bytes
+from viewer.jobs import wait_until
 
 REPEATS = 20
 TIMEOUT_MS = 120_000
@@ -37,19 +38,6 @@ def synthetic_radiograph(size: int, seed: int = 0) -> np.ndarray:
     image += 9000 * np.exp(-(((x - 0.62) ** 2 + (y - 0.42) ** 2) / 0.0009))
     image += rng.normal(0, 600, image.shape).astype(np.float32)
     return np.clip(image, 0, 65535).astype(np.uint16)
-
-
-def _wait(app: QApplication, done, timeout_ms: int = TIMEOUT_MS) -> bool:
-    """Spin the real event loop (not a busy processEvents loop) until ``done()`` or timeout."""
-    loop = QEventLoop()
-    poll = QTimer()
-    poll.setInterval(2)
-    poll.timeout.connect(lambda: loop.quit() if done() else None)
-    QTimer.singleShot(timeout_ms, loop.quit)
-    poll.start()
-    loop.exec()
-    poll.stop()
-    return bool(done())
 
 
 def _timed_repaints(action, widgets) -> list[float]:
@@ -86,13 +74,13 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
     model_ok = False
     if model is not None:
         window.load_model(model, engine_name)
-        model_ok = _wait(app, lambda: window.session.model is not None, 60_000)
+        model_ok = wait_until(app, lambda: window.session.model is not None, 60_000)
     results["model"] = str(model) if model_ok else None
 
     window.open_paths([big])
-    _wait(app, lambda: window.session.image is not None)
+    wait_until(app, lambda: window.session.image is not None)
     if model_ok:
-        _wait(app, lambda: window.session.analysis is not None)
+        wait_until(app, lambda: window.session.analysis is not None)
     app.processEvents()
 
     viewports = [window.original.view.viewport(), window.explained.view.viewport()]
@@ -118,7 +106,7 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
         window.session.analysis = None
         heart.start()
         window.session.analyse()
-        _wait(app, lambda: window.session.analysis is not None)
+        wait_until(app, lambda: window.session.analysis is not None)
         heart.stop()
         results["gui_stall_during_analysis"] = {
             "max_gap_ms": round(max(gaps), 2), "heartbeats": len(gaps), "interval_ms": 5}
@@ -128,7 +116,7 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
         radiograph.write_bytes(radiograph_dicom_bytes(synthetic_radiograph(2000, seed=1)))
         start = time.perf_counter()
         window.open_paths([radiograph])
-        shown = _wait(app, lambda: window.session.analysis is not None
+        shown = wait_until(app, lambda: window.session.analysis is not None
                       and window.session.analysis.source == radiograph and window.explained.overlay.isVisible())
         window.explained.view.viewport().repaint()
         results["open_to_analysed_overlay_ms"] = round((time.perf_counter() - start) * 1000, 1) if shown else None

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any, Callable, Generator
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QEventLoop, QObject, QRunnable, QThreadPool, QTimer, Signal
 
 log = logging.getLogger("lantern.jobs")
 _ids = itertools.count(1)
@@ -143,3 +143,16 @@ class JobRunner(QObject):
 
     def wait(self, msecs: int = 5000) -> bool:
         return self.pool.waitForDone(msecs)
+
+
+def wait_until(app, done: Callable[[], bool], timeout_ms: int = 120_000) -> bool:
+    """Spin the real event loop (not a busy processEvents loop) until ``done()`` or timeout."""
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(2)
+    poll.timeout.connect(lambda: loop.quit() if done() else None)
+    QTimer.singleShot(timeout_ms, loop.quit)
+    poll.start()
+    loop.exec()
+    poll.stop()
+    return bool(done())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QApplication
 
-from viewer.bench import _wait
+from viewer.jobs import wait_until
 
 log = logging.getLogger("lantern.screenshots")
 SIZE = (1600, 1000)
@@ -37,20 +37,20 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
         print("screenshots need a model bundle and an image (the demo ones, or --model and paths)")
         return 2
     window.load_model(model, engine_name)
-    if not _wait(app, lambda: window.session.model is not None, 60_000):
+    if not wait_until(app, lambda: window.session.model is not None, 60_000):
         print(f"the model could not be loaded: {window.status_text.text()}")
         return 1
     window.open_paths(paths)
-    if not _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons)):
+    if not wait_until(app, lambda: window.session.analysis is not None and bool(window.strip.buttons)):
         print(f"no analysis arrived: {window.status_text.text()}")
         return 1
-    _wait(app, lambda: window.studies.tree.topLevelItemCount() > 0, 10_000)
+    wait_until(app, lambda: window.studies.tree.topLevelItemCount() > 0, 10_000)
     # Documentation shows a DICOM study (corner annotations, tags) when the folder has one.
     dicom = [i for i, f in enumerate(window.session.files) if f.suffix.lower() == ".dcm"]
     if dicom and window.session.files[window.session.index].suffix.lower() != ".dcm":
         nodule = [i for i in dicom if "nodule" in window.session.files[i].name]
         window.session.show_index((nodule or dicom)[0])
-        _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons))
+        wait_until(app, lambda: window.session.analysis is not None and bool(window.strip.buttons))
     _grab(window, out / "main-window.png")
 
     window.tabs.setCurrentWidget(window.compare)
@@ -62,7 +62,7 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
     broken = work / "damaged_study.dcm"
     broken.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI" + b"\xff" * 40)
     window.session.open_paths([broken])
-    _wait(app, window.banner.isVisible, 20_000)
+    wait_until(app, window.banner.isVisible, 20_000)
     _grab(window, out / "error-state.png")
     window.close()
     return 0

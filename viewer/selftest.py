@@ -214,7 +214,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     """The whole self-test; returns the exit code. Needs a QApplication (``viewer.app`` makes it)."""
     from PySide6.QtWidgets import QApplication
 
-    from viewer.bench import _wait
+    from viewer.jobs import wait_until
     from viewer.main_window import MainWindow
     from viewer.settings import Settings
 
@@ -233,14 +233,14 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     window.resize(1600, 1000)
     window.show()
     window.load_model(model, engine_name)
-    loaded = _wait(app, lambda: window.session.model is not None or window.banner.isVisible(), 60_000)
+    loaded = wait_until(app, lambda: window.session.model is not None or window.banner.isVisible(), 60_000)
     if not report.check(loaded and window.session.model is not None, f"model loads with the {engine_name} engine",
                         window.status_text.text()):
         window.close()
         return 1
     loaded_model = window.session.model
     window.open_paths([studies])
-    analysed = _wait(app, lambda: (window.session.analysis is not None and bool(window.strip.buttons))
+    analysed = wait_until(app, lambda: (window.session.analysis is not None and bool(window.strip.buttons))
                      or window.banner.isVisible(), 60_000) and window.session.analysis is not None
     app.processEvents()
     window.repaint()
@@ -274,8 +274,8 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     nodule = [i for i, f in enumerate(files) if f.name == "demo_nodule.dcm"]
     if nodule and files[window.session.index].name != "demo_nodule.dcm":
         window.session.show_index(nodule[0])
-        _wait(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
-    _wait(app, lambda: window.studies.tree.topLevelItemCount() > 0, 5_000)
+        wait_until(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
+    wait_until(app, lambda: window.studies.tree.topLevelItemCount() > 0, 5_000)
     for _ in range(5):
         app.processEvents()
     image = window.grab().toImage()
