@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from viewer import actions, theme
+from viewer import actions, theme, workflows
 from viewer.annotations import corner_texts
 from viewer.class_strip import ClassStrip
 from viewer.display import METHODS
@@ -111,6 +111,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.statusBar().addPermanentWidget(self.cancel_button)
 
         self.actions_ = actions.install(self)
+        workflows.install(self)
         self._connect()
         self.restore_settings()
 

@@ -1,0 +1,14 @@
+"""Workflows beyond reading one image (worklist, exports, teaching, evaluation, trust checks).
+
+Each workflow module keeps its own widgets and exposes ``install(window)``, which adds its menu
+actions and panels to the main window; this list is the one place that wires them in.
+"""
+
+from __future__ import annotations
+
+INSTALLERS: list = []
+
+
+def install(window) -> None:
+    for installer in INSTALLERS:
+        installer(window)
