@@ -68,7 +68,7 @@ class Analysis:
     engine: str
     classes: tuple[str, ...]
     logits: np.ndarray  # (C,)
-    probabilities: np.ndarray  # (C,) softmax of the deterministic (dropout-off) pass
+    probabilities: np.ndarray  # (C,) softmax(logits / the bundle's temperature), dropout off
     maps: dict[str, ClassMaps]  # method name -> maps for every class
     uncertainty: UncertaintySummary | None
     uncertainty_note: str  # why uncertainty is missing, when it is
@@ -141,7 +141,9 @@ def analysis_steps(
         note = "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
     else:
         samples = model.backend.mc_logits(outputs.head_input, options.mc_samples, options.seed)
-        uncertainty = UncertaintySummary.from_logit_samples(samples, options.confidence_threshold)
+        # Tempered like the deterministic pass, so gauges and probabilities agree.
+        uncertainty = UncertaintySummary.from_logit_samples(samples / model.bundle.temperature,
+                                                            options.confidence_threshold)
     lap("uncertainty")
     yield Progress("done", total, total)
     bundle = model.bundle
@@ -153,7 +155,7 @@ def analysis_steps(
         engine=model.engine,
         classes=bundle.classes,
         logits=outputs.logits,
-        probabilities=softmax(outputs.logits.astype(np.float64)).astype(np.float32),
+        probabilities=softmax(outputs.logits.astype(np.float64) / bundle.temperature).astype(np.float32),
         maps=maps,
         uncertainty=uncertainty,
         uncertainty_note=note,

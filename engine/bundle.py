@@ -81,6 +81,8 @@ class ModelBundle:
     synthetic_demo: bool = False
     map_alignment: str = "resize"  # see MAP_ALIGNMENTS
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Temperature scaling fitted on a labelled folder (engine/temperature.py); 1 = none.
+    temperature: float = 1.0
 
     @property
     def num_classes(self) -> int:
@@ -180,6 +182,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
     onnx = {k: _inside(folder, v, f"onnx model '{k}'") for k, v in (manifest.get("onnx") or {}).items()}
     if weights_path is None and not onnx:
         raise ModelBundleError("the bundle names no weights and no ONNX model", folder)
+    temperature = _temperature(manifest.get("calibration"), folder)
     return ModelBundle(
         folder=folder,
         name=name,
@@ -196,7 +199,17 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         synthetic_demo=bool(manifest.get("synthetic_demo", False)),
         map_alignment=alignment,
         manifest=manifest,
+        temperature=temperature,
     )
+
+
+def _temperature(calibration: Any, folder: Path) -> float:
+    if calibration is None:
+        return 1.0
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 100.0:
+        raise ModelBundleError("manifest.json: 'calibration' needs a 'temperature' between 0.01 and 100", folder)
+    return float(value)
 
 
 def load_bundle(folder: str | Path) -> ModelBundle:

@@ -1,5 +1,5 @@
 """``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo, export,
-quantize)."""
+quantize, evaluate)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-fp32", action="store_true",
                    help="then remove the fp32 model from the bundle (ship int8 + head only)")
 
+    p = sub.add_parser("evaluate", help="metrics, ROC, confusion, reliability and pointing game on a labelled "
+                       "folder; writes metrics.json and PNG figures")
+    p.add_argument("dir", type=Path, help="folder with the images and the labels CSV")
+    p.add_argument("--labels", type=Path, default=Path("labels.csv"),
+                   help="labels CSV (file,class[,mask]), relative to DIR or absolute (default: labels.csv)")
+    p.add_argument("--out", type=Path, default=Path("evaluations"), help="where the results folder is made")
+    p.add_argument("--fit-temperature", action="store_true",
+                   help="fit temperature scaling on this folder and store it in the bundle")
+    _add_model_args(p)
+
     p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
     p.add_argument("--epochs", type=int, default=6)
@@ -101,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             quantize_bundle(args.bundle, calibration_images=args.calibration, validation_images=args.validate,
                             dynamic=args.dynamic, drop_fp32=args.drop_fp32, log=lambda m: print(m, file=sys.stderr))
             return 0
+        if args.command == "evaluate":
+            from .evaluate_command import evaluate_command
+
+            return evaluate_command(args)
         if args.command == "train-demo":
             from .training import reevaluate_demo, train_demo
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .bundle import ModelBundle, parse_manifest
+from .evaluation import pointing_hit, pointing_tolerance
 from .files import write_json_atomic
 from .images import ImageMetadata, SourceImage, Window
 from .phantoms import CLASSES, make_dataset
@@ -52,17 +53,6 @@ def phantom_batch(images: np.ndarray, bundle: ModelBundle) -> np.ndarray:
     return np.concatenate([prepare_input(phantom_image(img), bundle.input).tensor for img in images])
 
 
-def pointing_hit(mask: np.ndarray, peak: tuple[int, int], tolerance: float) -> bool:
-    """Zhang et al.'s pointing game: the map's peak lies on the lesion, or within ``tolerance``
-    pixels of it (0 = strictly inside)."""
-    if mask[peak]:
-        return True
-    if tolerance <= 0:
-        return False
-    rows, cols = np.nonzero(mask)
-    return bool(np.min((rows - peak[0]) ** 2 + (cols - peak[1]) ** 2) <= tolerance**2)
-
-
 def evaluate(bundle: ModelBundle, model, n: int, seed: int, methods=("gradcam", "gradcam++", "layercam")) -> dict:
     """Accuracy and pointing game on held-out phantoms, through the run-time analysis path."""
     from .analysis import AnalysisOptions, LoadedModel, analyze
@@ -70,8 +60,7 @@ def evaluate(bundle: ModelBundle, model, n: int, seed: int, methods=("gradcam", 
 
     loaded = LoadedModel(bundle, TorchBackend(bundle, model))
     images, masks, labels = make_dataset(n, seed=seed)
-    # The original pointing game allows 15 pixels at 224-pixel scale; scaled to these images.
-    tolerance = 15.0 * images.shape[1] / 224.0
+    tolerance = pointing_tolerance(images.shape[1])
     correct = 0
     strict = {m: {c: [] for c in CLASSES[1:]} for m in methods}
     tolerant = {m: {c: [] for c in CLASSES[1:]} for m in methods}
