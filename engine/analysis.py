@@ -16,9 +16,9 @@ import numpy as np
 
 from .backends import Backend, open_backend
 from .bundle import ModelBundle, load_bundle
-from .cam import ClassMaps, get_method, normalize_per_class
+from .cam import ClassMaps, get_method
 from .images import SourceImage
-from .preprocess import ModelInput, map_to_source, prepare_input
+from .preprocess import ModelInput, prepare_input
 from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
 
 
@@ -130,8 +130,7 @@ def analysis_steps(
     maps: dict[str, ClassMaps] = {}
     for method in methods:
         grid = method.raw_maps(outputs.activations, outputs.gradients)
-        absolute = map_to_source(grid, model_input.geometry, model.bundle.map_alignment)
-        maps[method.name] = ClassMaps(method.name, absolute, normalize_per_class(absolute), grid)
+        maps[method.name] = ClassMaps(method.name, grid, model_input.geometry, model.bundle.map_alignment)
     lap("maps")
     yield Progress("uncertainty", 3, total)
     uncertainty, note = None, ""

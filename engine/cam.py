@@ -9,10 +9,12 @@ the ONNX engine reuses them unchanged.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
+
+from .preprocess import Geometry, grid_to_source_affine, map_to_source
 
 _EPS = 1e-7
 
@@ -83,26 +85,102 @@ def get_method(name: str) -> CamMethod:
     return METHODS[aliases[key]]
 
 
-@dataclass(frozen=True)
 class ClassMaps:
-    """Maps for every class from one method, on the source image's pixel grid.
+    """Maps for every class from one method, kept on the model's feature grid and warped onto
+    the source image one class at a time, when asked.
 
-    ``absolute`` keeps the method's own scale (comparable across images and classes);
-    ``normalized`` divides each class by its own peak, for display (0 stays 0).
+    Warping every class of every method to a 2000 x 2000 radiograph took most of an analysis
+    (and a batch or a thumbnail strip never needs it), so each class is warped on first use and
+    kept. ``source_map`` keeps the method's own scale (comparable across images and classes);
+    ``normalized_map`` divides by the class's own peak, for display (0 stays 0).
     """
 
-    method: str
-    absolute: np.ndarray  # (C, H, W) float32
-    normalized: np.ndarray  # (C, H, W) float32 in 0..1
-    grid: np.ndarray  # (C, h, w) float32: the absolute maps on the model's feature grid
+    def __init__(self, method: str, grid: np.ndarray, geometry: "Geometry", alignment: str = "resize"):
+        self.method = method
+        self.grid = np.ascontiguousarray(grid, dtype=np.float32)  # (C, h, w), absolute units
+        self.geometry = geometry
+        self.alignment = alignment
+        self._warped: dict[int, np.ndarray] = {}
+        self._cell_rows, self._cell_cols, self._on_image = self._cell_centres()
+        self._lock = threading.Lock()  # a worker and the GUI thread may ask for the same class
+
+    @property
+    def n_classes(self) -> int:
+        return self.grid.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the source image the maps are warped onto."""
+        return self.geometry.source_shape
+
+    def source_map(self, class_index: int) -> np.ndarray:
+        """(H, W) float32 map of one class on the source image, in the method's own units."""
+        with self._lock:
+            found = self._warped.get(class_index)
+            if found is None:
+                found = map_to_source(self.grid[class_index : class_index + 1], self.geometry, self.alignment)[0]
+                found.setflags(write=False)
+                self._warped[class_index] = found
+            return found
+
+    def normalized_map(self, class_index: int) -> np.ndarray:
+        """(H, W) float32 map scaled by the class's peak: 0..1.
+
+        The peak is that of the cells over the image; pixels at the image's edge that lean towards
+        a stronger cell over letterbox padding saturate at 1."""
+        return np.minimum(self.source_map(class_index) * self._unit(class_index), 1.0)
+
+    def sampled_map(self, class_index: int, step: int, normalized: bool = True) -> np.ndarray:
+        """The map at every step-th source pixel (``source_map(i)[::step, ::step]``), warped
+        straight to that size and not kept: for thumbnails."""
+        grid = self.grid[class_index : class_index + 1]
+        small = map_to_source(grid, self.geometry, self.alignment, step)[0]
+        return np.minimum(small * self._unit(class_index), 1.0) if normalized else small
+
+    @property
+    def on_image(self) -> np.ndarray:
+        """(h, w) bool: grid cells whose centre lies on the source image."""
+        return self._on_image
+
+    def image_peak(self, class_index: int) -> float:
+        """The class's largest value among the cells over the image (absolute units)."""
+        return float(self.grid[class_index][self._on_image].max())
+
+    def _unit(self, class_index: int) -> np.float32:
+        peak = self.image_peak(class_index)
+        return np.float32(1.0 / peak if peak > _EPS else 0.0)
+
+    def _cell_centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Source (row, column) of every grid cell's centre, and which centres fall on the image:
+        with letterbox padding some cells see only padding and must not set the peak."""
+        gh, gw = self.grid.shape[1:]
+        to_grid = np.vstack([grid_to_source_affine(self.geometry, (gh, gw), self.alignment), [0.0, 0.0, 1.0]])
+        gy, gx = np.mgrid[:gh, :gw]
+        cells = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)]).astype(np.float64)
+        x, y, _ = np.linalg.solve(to_grid, cells)
+        H, W = self.shape
+        on_image = ((x >= -0.5) & (x <= W - 0.5) & (y >= -0.5) & (y <= H - 0.5)).reshape(gh, gw)
+        if not on_image.any():  # an image smaller than one cell
+            on_image[:] = True
+        return y.reshape(gh, gw), x.reshape(gh, gw), on_image
+
+    @property
+    def absolute(self) -> np.ndarray:
+        """(C, H, W): every class on the source image (warps all of them; avoid in hot paths)."""
+        return np.stack([self.source_map(i) for i in range(self.n_classes)])
+
+    @property
+    def normalized(self) -> np.ndarray:
+        """(C, H, W) in 0..1 (warps every class)."""
+        return np.stack([self.normalized_map(i) for i in range(self.n_classes)])
 
     def peak(self, class_index: int) -> tuple[int, int]:
-        """(row, column) of the map's maximum on the source image."""
-        flat = int(np.argmax(self.absolute[class_index]))
-        return divmod(flat, self.absolute.shape[2])
+        """(row, column) on the source image of the map's maximum.
 
-
-def normalize_per_class(maps: np.ndarray) -> np.ndarray:
-    peak = maps.reshape(maps.shape[0], -1).max(axis=1)
-    scale = np.where(peak > 0, 1.0 / np.maximum(peak, _EPS), 0.0).astype(np.float32)
-    return maps * scale[:, None, None]
+        Found on the grid, among the cells over the image, and carried to the source through the
+        geometry: bilinear warping puts the maximum where the peak cell's centre lands."""
+        grid = np.where(self._on_image, self.grid[class_index], -np.inf)
+        cell = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        H, W = self.shape
+        return (int(np.clip(round(self._cell_rows[cell]), 0, H - 1)),
+                int(np.clip(round(self._cell_cols[cell]), 0, W - 1)))

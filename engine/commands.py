@@ -44,7 +44,7 @@ def explain_files(args: argparse.Namespace) -> int:
             target = folder / f"overlay-{index}-{_safe_name(name)}.png"
             if target.resolve() in sources:
                 raise LanternError("refusing to write over a source file", target)
-            written.append(write_bytes_atomic(target, encode_png(render_overlay(image, maps.normalized[index]))))
+            written.append(write_bytes_atomic(target, encode_png(render_overlay(image, maps.normalized_map(index)))))
         flag = ""
         if result.uncertainty is not None:
             flag = f", confidence {result.uncertainty.confidence:.2f}" + (" FLAGGED" if result.uncertainty.flagged else "")

@@ -130,26 +130,30 @@ def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
-def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize") -> np.ndarray:
+def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize", step: int = 1) -> np.ndarray:
     """Warp maps (N, gh, gw) on the model's grid back onto the source image: (N, H, W).
 
-    Parts of the source the model never saw (cropped away) get 0.
+    ``step`` > 1 samples every step-th source pixel instead ((N, ceil(H/step), ceil(W/step)), the
+    same pixels as ``full[:, ::step, ::step]``), for thumbnails. Parts of the source the model
+    never saw (cropped away) get 0.
     """
     H, W = geometry.source_shape
+    rows, cols = np.arange(0, H, step), np.arange(0, W, step)
     affine = grid_to_source_affine(geometry, maps.shape[1:], alignment)
-    out = np.empty((maps.shape[0], H, W), dtype=np.float32)
+    affine = affine @ np.diag([float(step), float(step), 1.0])
+    out = np.empty((maps.shape[0], rows.size, cols.size), dtype=np.float32)
     for i, grid in enumerate(maps.astype(np.float32, copy=False)):
         # WARP_INVERSE_MAP: the affine maps each destination (source-image) pixel into the grid.
         out[i] = cv2.warpAffine(
-            grid, affine, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            grid, affine, (cols.size, rows.size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
     # Replicating the border is right at the grid's half-pixel rim, but source pixels that were
     # cropped away (center_crop) carry no evidence at all.
     (ax, _, bx), (_, ay, by) = geometry.to_input
     h, w = geometry.input_shape
-    x_in = ax * np.arange(W) + bx
-    y_in = ay * np.arange(H) + by
+    x_in = ax * cols + bx
+    y_in = ay * rows + by
     out[:, (y_in < -0.5) | (y_in > h - 0.5), :] = 0.0
     out[:, :, (x_in < -0.5) | (x_in > w - 0.5)] = 0.0
     return out

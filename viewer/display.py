@@ -106,16 +106,23 @@ def make_display_image(pixels: np.ndarray) -> DisplayImage:
     if pixels.ndim == 3:
         data = np.ascontiguousarray(pixels)
         return DisplayImage(data, 0.0, 1.0, True, _reduced(data))
-    finite = pixels[np.isfinite(pixels)] if not np.isfinite(pixels).all() else pixels
-    low = float(finite.min()) if finite.size else 0.0
-    high = float(finite.max()) if finite.size else 1.0
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 1.0)
+    # NaN makes min or max NaN, and inf shows in them: finite extremes mean all pixels are finite,
+    # which spares the common case two passes over a 2000 x 2000 image.
+    all_finite = np.isfinite(low) and np.isfinite(high)
+    if not all_finite:
+        finite = pixels[np.isfinite(pixels)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     span = max(high - low, 1e-6)
     sample = pixels[:: max(1, pixels.shape[0] // 64)]
     # Integer-valued data within 16 bits keeps exact values; anything else is rescaled.
     integral = span <= 65535 and bool(np.array_equal(sample, np.round(sample)))
     scale = 1.0 if integral else 65535.0 / span
-    data = np.nan_to_num((pixels - low) * scale, nan=0.0, posinf=65535.0, neginf=0.0)
-    data = np.clip(data + 0.5 if not integral else data, 0, 65535).astype(np.uint16)
+    if integral and all_finite:
+        data = (pixels - low).astype(np.uint16)  # exact: whole numbers within 0..65535
+    else:
+        data = np.nan_to_num((pixels - low) * scale, nan=0.0, posinf=65535.0, neginf=0.0)
+        data = np.clip(data + 0.5 if not integral else data, 0, 65535).astype(np.uint16)
     return DisplayImage(data, low, scale, False, _reduced(data))
 
 
@@ -125,10 +132,28 @@ def map_to_uint8(values: np.ndarray, top: float) -> np.ndarray:
     return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
 
 
+OVERLAY_MAX_SIDE = 1024
+
+
+def overlay_step(shape: tuple[int, ...]) -> int:
+    """Overlays take every step-th pixel of the image: at most 1024 on a side. A CAM map is a
+    bilinear blow-up of a grid of about 10 x 10 cells, so nothing is lost, and a 2000 x 2000
+    radiograph's maps cost a quarter of the time to make and upload."""
+    return max(1, int(np.ceil(max(shape[:2]) / OVERLAY_MAX_SIDE)))
+
+
+def thumbnail_step(shape: tuple[int, ...], size: int = 112) -> int:
+    """Take every step-th pixel so that the longer side fits ``size``."""
+    return max(1, int(np.ceil(max(shape[:2]) / size)))
+
+
 def thumbnail(gray: np.ndarray, levels: tuple[float, float], heat: np.ndarray | None,
               lut: np.ndarray, opacity: float, size: int = 112) -> np.ndarray:
-    """A small RGB uint8 picture: the windowed image with the map blended on top."""
-    step = max(1, int(np.ceil(max(gray.shape[:2]) / size)))
+    """A small RGB uint8 picture: the windowed image with the map blended on top.
+
+    ``heat`` is the uint8 map already sampled at ``thumbnail_step`` (``full[::step, ::step]``):
+    a thumbnail never needs the full-size map."""
+    step = thumbnail_step(gray.shape, size)
     small = gray[::step, ::step].astype(np.float32)
     low, high = levels
     unit = np.clip((small - low) / max(high - low, 1e-6), 0, 1)
@@ -136,7 +161,7 @@ def thumbnail(gray: np.ndarray, levels: tuple[float, float], heat: np.ndarray | 
         unit = np.repeat(unit[..., None], 3, axis=2)
     rgb = unit * 255.0
     if heat is not None:
-        rgba = lut[heat[::step, ::step]].astype(np.float32)
+        rgba = lut[heat].astype(np.float32)
         alpha = rgba[..., 3:4] / 255.0 * opacity
         rgb = rgb * (1 - alpha) + rgba[..., :3] * alpha
     return np.ascontiguousarray(np.clip(rgb, 0, 255).astype(np.uint8))

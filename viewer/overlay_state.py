@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, thumbnail
+from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, overlay_step, thumbnail, thumbnail_step
 
 
 class OverlayMixin:
@@ -34,19 +34,20 @@ class OverlayMixin:
         method = self.controls.method_key()
         return method if method in analysis.maps else next(iter(analysis.maps))
 
-    def map_for(self, analysis, method: str, class_index: int) -> tuple[np.ndarray, float]:
-        """The uint8 overlay data and the value its top colour stands for."""
+    def map_for(self, analysis, method: str, class_index: int, step: int | None = None) -> tuple[np.ndarray, float]:
+        """The uint8 overlay data (every step-th pixel of the image: by default the overlay's
+        sampling, larger for thumbnails) and the value its top colour stands for."""
+        maps = analysis.maps[method]
+        step = step or overlay_step(maps.shape)
         scale = self.controls.scale()
-        key = (method, class_index, scale)
+        key = (method, class_index, scale, step)
         if key not in self._map_cache:
-            maps = analysis.maps[method]
-            ready = self.session.display_maps.get(method)
-            if scale == "normalized":
-                top = 1.0
-                data = ready[class_index] if ready else map_to_uint8(maps.normalized[class_index], 1.0)
-            else:
-                top = float(maps.absolute.max())  # one scale for every class of this image
-                data = map_to_uint8(maps.absolute[class_index], top)
+            normalized = scale == "normalized"
+            # Absolute: one scale for every class of this image.
+            top = 1.0 if normalized else max(maps.image_peak(i) for i in range(maps.n_classes))
+            data = self.session.display_maps.get(key)
+            if data is None:
+                data = map_to_uint8(maps.sampled_map(class_index, step, normalized), top)
             self._map_cache[key] = (data, top)
         return self._map_cache[key]
 
@@ -86,7 +87,8 @@ class OverlayMixin:
         method = self.shown_method(analysis)
         lut, opacity = self.current_lut(), max(self.controls.opacity_value(), 0.35)
         levels = self.current_levels() or (0, 65535)
-        return [thumbnail(image.display.data, levels, self.map_for(analysis, method, i)[0], lut, opacity)
+        step = thumbnail_step(image.display.data.shape)
+        return [thumbnail(image.display.data, levels, self.map_for(analysis, method, i, step)[0], lut, opacity)
                 for i in range(len(analysis.classes))]
 
     def apply_overlay_style(self, thumbnails: bool = True) -> None:

@@ -104,7 +104,7 @@ def study_figures(model, path: Path) -> dict:
         "predicted": analysis.predicted_class,
         "probabilities": {c: round(float(p), 5) for c, p in zip(analysis.classes, analysis.probabilities)},
         "gradcam_peak": [int(row), int(col)],
-        "image_shape": list(maps.absolute.shape[1:]),
+        "image_shape": list(maps.shape),
     }
 
 

@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, Signal
 
 import engine
 from viewer import logs
-from viewer.display import DisplayImage, make_display_image, map_to_uint8
+from viewer.display import DisplayImage, make_display_image, map_to_uint8, overlay_step
 from viewer.jobs import JobRunner
 
 log = logging.getLogger("lantern.session")
@@ -43,11 +43,16 @@ def expand_paths(paths) -> list[Path]:
 
 
 def with_display_maps(steps):
-    """Run the engine's steps, then convert every normalized map to the overlay's uint8 here,
-    on the worker, so that showing a class or method later costs the GUI thread nothing."""
+    """Run the engine's steps, then, still on the worker, make the overlay data the window shows
+    first: the predicted class under every method (the overlay and the compare view). Other
+    classes are warped when the reader picks them (a few milliseconds each)."""
     analysis = yield from steps
-    display = {method: [map_to_uint8(m, 1.0) for m in maps.normalized] for method, maps in analysis.maps.items()}
-    return analysis, display
+    ready = {}
+    for method, maps in analysis.maps.items():
+        step = overlay_step(maps.shape)
+        ready[(method, analysis.predicted, "normalized", step)] = map_to_uint8(
+            maps.sampled_map(analysis.predicted, step), 1.0)
+    return analysis, ready
 
 
 def _load(path: Path, frame: int, index: int, count: int) -> LoadedImage:
@@ -75,7 +80,8 @@ class Session(QObject):
         self.model = None
         self.image: LoadedImage | None = None
         self.analysis = None
-        self.display_maps: dict[str, list] = {}  # method -> per-class uint8 overlay data
+        # (method, class, scale, step) -> uint8 overlay data made on the worker with the analysis
+        self.display_maps: dict[tuple, object] = {}
         self.mc_samples = mc_samples
         # Tests substitute a slow or failing generator here; production uses the engine's.
         self.steps_factory = steps_factory or engine.analysis_steps

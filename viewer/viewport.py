@@ -178,7 +178,10 @@ class Viewport(QWidget):
         if data is None:
             self.overlay.clear()
             return
-        self.overlay.setImage(data, levels=(0, 255), autoLevels=False)
+        # The map may be sampled coarser than the image (a smooth map gains nothing from 4
+        # million pixels): stretch it over the whole image.
+        h, w = self._shape or data.shape[:2]
+        self.overlay.setImage(data, levels=(0, 255), autoLevels=False, rect=QRectF(0, 0, w, h))
 
     def set_overlay_lut(self, lut: np.ndarray) -> None:
         self.overlay.setLookupTable(lut)
