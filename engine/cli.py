@@ -19,6 +19,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", help="torch, onnx, onnx-int8 or auto (default: fastest available)")
 
 
+def _add_batch_parser(sub) -> None:
+    p = sub.add_parser("batch", help="triage a folder or DICOMDIR: worklist CSV + per-image results (resumable)")
+    p.add_argument("source", type=Path, help="folder (searched recursively) or DICOMDIR")
+    p.add_argument("--out", type=Path, required=True, help="output folder (not inside the source folder)")
+    _add_model_args(p)
+    p.add_argument("--method", default=None, help="also make maps with gradcam, gradcam++ or layercam "
+                   "(default: none for plain triage, gradcam when exporting)")
+    p.add_argument("--mc", type=int, default=20, help="Monte-Carlo dropout samples for the confidence (0: none)")
+    p.add_argument("--threshold", type=float, default=0.85, help="flag images whose confidence is below this")
+    p.add_argument("--png", action="store_true", help="write the side-by-side picture of each image")
+    p.add_argument("--dicom", action="store_true", help="write each explanation as a DICOM Secondary Capture")
+    p.add_argument("--report", action="store_true", help="write a one-page HTML report per study")
+    p.add_argument("--anonymize", action="store_true",
+                   help="pseudonymize patient IDs and strip identifying attributes from exports and the worklist")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lantern-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc", type=int, default=20, help="Monte-Carlo dropout samples (0: none)")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame file (from 0)")
     p.add_argument("--seed", type=int, default=0)
+
+    _add_batch_parser(sub)
 
     p = sub.add_parser("bundle", help="wrap a trained torchvision state dict into a model bundle")
     p.add_argument("--arch", required=True, help="resnet18, resnet50, densenet121, efficientnet_b0, "
@@ -92,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import explain_files
 
             return explain_files(args)
+        if args.command == "batch":
+            from .batch_command import batch_command
+
+            return batch_command(args)
         if args.command == "bundle":
             from .commands import bundle_command
 

@@ -1,0 +1,102 @@
+"""``lantern-engine batch``: a folder or DICOMDIR through the batch, with exports, from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .analysis import Analysis, Progress, load_model
+from .anonymize import Pseudonymizer
+from .batch import BatchItem, BatchOptions, item_name, run_batch
+from .dicom_export import export_dicom
+from .files import unused_path, write_bytes_atomic
+from .images import SourceImage
+from .overlay import encode_png
+from .pictures import side_by_side
+from .report import ReportEntry, render_report, report_entry, study_details, write_report
+
+
+class BatchExporter:
+    """Per analysed image: the side-by-side PNG and the DICOM explanation; per study, at the
+    end, one report. Every file gets a fresh name (files.unused_path), written atomically."""
+
+    def __init__(self, source: Path, out: Path, *, png: bool, dicom: bool, report: bool, method: str):
+        self.root = source if source.is_dir() else source.parent
+        self.out = out
+        self.png, self.dicom, self.report, self.method = png, dicom, report, method
+        self.series: dict[str, str] = {}  # source study -> its explanation series (one per study)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.studies: dict[str, tuple[str, list[tuple[str, str]], list[ReportEntry]]] = {}
+        self.pseudonyms: Pseudonymizer | None = None
+
+    def __call__(self, image: SourceImage, analysis: Analysis, item: BatchItem,
+                 pseudonyms: Pseudonymizer | None) -> list[Path]:
+        self.pseudonyms = pseudonyms
+        written = []
+        name = item_name(item, self.root)
+        if self.png:
+            picture = side_by_side(image, analysis, self.method)
+            written.append(write_bytes_atomic(unused_path(self.out / "png" / f"{name}.png"), encode_png(picture)))
+        if self.dicom:
+            from pydicom.uid import generate_uid
+
+            series = self.series.setdefault(item.study_uid, generate_uid())
+            self.counts[item.study_uid] += 1
+            written.append(export_dicom(self.out / "dicom" / f"{name}.dcm", image, analysis, self.method,
+                                        series_uid=series, instance_number=self.counts[item.study_uid],
+                                        pseudonyms=pseudonyms))
+        if self.report:
+            anonymized = pseudonyms.patient_id(item.patient_id) if pseudonyms is not None else None
+            if item.study_uid not in self.studies:
+                self.studies[item.study_uid] = (*study_details(image, anonymized), [])
+            self.studies[item.study_uid][2].append(report_entry(image, analysis, self.method))
+        return written
+
+    def write_reports(self, bundle, engine: str) -> list[Path]:
+        written, pseudonyms = [], self.pseudonyms
+        for study_uid, (title, details, entries) in self.studies.items():
+            label = pseudonyms.short("study", study_uid) if pseudonyms is not None else title.split(": ", 1)[-1]
+            name = re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "study"
+            written.append(write_report(self.out / "reports" / f"{name}.html",
+                                        render_report(title, details, entries, bundle, engine)))
+        return written
+
+
+def _progress_printer(stream):
+    started = time.perf_counter()
+
+    def show(update: Progress) -> None:
+        done = int(30 * update.fraction)
+        rate = update.step / max(time.perf_counter() - started, 1e-6)
+        end = "\n" if update.step >= update.total or not stream.isatty() else ""
+        print(f"\r[{'#' * done}{'.' * (30 - done)}] {update.step}/{update.total} {update.stage} "
+              f"({rate:.0f} images/s)", end=end, file=stream, flush=True)
+    return show
+
+
+def batch_command(args: argparse.Namespace) -> int:
+    exporting = args.png or args.dicom or args.report
+    method = args.method or ("gradcam" if exporting else None)
+    model = load_model(args.model, args.engine)
+    options = BatchOptions(method=method, mc_samples=args.mc, confidence_threshold=args.threshold,
+                           anonymize=args.anonymize)
+    exporter = (BatchExporter(args.source, args.out, png=args.png, dicom=args.dicom, report=args.report,
+                              method=method) if exporting else None)
+    started = time.perf_counter()
+    result = run_batch(args.source, args.out, model, options, exporter, progress=_progress_printer(sys.stderr))
+    written = list(result.written)
+    if exporter is not None:
+        written += exporter.write_reports(model.bundle, model.engine)
+    seconds = time.perf_counter() - started
+    for path, reason in result.failures:
+        print(f"not analysed: {path}: {reason}", file=sys.stderr)
+    flagged = sum(r.flagged for r in result.rows)
+    print(f"Analysed {result.analysed} image(s), reused {result.reused} from earlier runs, "
+          f"{len(result.failures)} file(s) not analysed, {flagged} flagged, in {seconds:.1f} s "
+          f"({result.analysed / max(seconds, 1e-6):.1f} images/s, {model.engine}). "
+          f"Worklist: {result.csv}; {len(written)} export file(s) in {args.out}", file=sys.stderr)
+    return 1 if result.failures else 0
