@@ -8,6 +8,7 @@ gradients come from one batched backward (``is_grads_batched``), not one backwar
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -128,3 +129,38 @@ def all_class_gradients(logits: torch.Tensor, activation: torch.Tensor) -> torch
             for c in range(n_classes)
         ])
     return grads.detach()
+
+
+MAX_RANDOMIZATION_STEPS = 16
+
+
+def randomization_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The model's parameterised layers grouped by block (``layer4.1``, ``features.denseblock4``,
+    ``fc``...), from the output back to the input: the order of cascading randomisation."""
+    groups: dict[str, list[nn.Module]] = {}
+    for name, module in model.named_modules():
+        if name and any(True for _ in module.parameters(recurse=False)):
+            groups.setdefault(".".join(name.split(".")[:2]), []).append(module)
+    ordered = list(groups.items())[::-1]
+    # Deep nets have many blocks; merge neighbours so a check stays a few seconds long.
+    size = -(-len(ordered) // MAX_RANDOMIZATION_STEPS)
+    return [(" + ".join(label for label, _ in ordered[i : i + size]),
+             [m for _, modules in ordered[i : i + size] for m in modules]) for i in range(0, len(ordered), size)]
+
+
+def cascading_randomization(backend: TorchBackend, seed: int = 0) -> Iterator[tuple[str, TorchBackend]]:
+    """Yield (layers just randomised, a backend over the copy randomised so far), re-initialising
+    one group more each time, from the top of the network down (Adebayo et al., 2018). The
+    trained model is never touched."""
+    model = copy.deepcopy(backend.model)
+    for step, (label, modules) in enumerate(randomization_groups(model)):
+        # fork_rng: the re-initialisation is reproducible and leaves everyone else's stream alone.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed + step)
+            for module in modules:
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                else:
+                    for parameter in module.parameters(recurse=False):
+                        nn.init.normal_(parameter, std=0.02)
+        yield label, TorchBackend(backend.bundle, model)
