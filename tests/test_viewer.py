@@ -440,3 +440,38 @@ def test_colour_images_display_invert_and_analyse(qtbot, tmp_path, tiny_bundle):
     qtbot.keyClick(window, Qt.Key.Key_I)
     assert window.invert and window.original.image.lut[0] == 255
     window.grab()  # paints the inverted colour image without raising
+
+
+def test_an_analysis_that_beats_its_image_to_the_screen_waits_for_it(qtbot, tmp_path, tiny_bundle, monkeypatch):
+    """Analysis and display preparation run side by side; the result is shown only with its image."""
+    import threading
+
+    import engine
+    import viewer.session as session_module
+
+    analysed = threading.Event()
+    real_display = session_module._displayable
+
+    def analysis_then_signal(image, model, options):
+        result = yield from engine.analysis_steps(image, model, options)
+        analysed.set()
+        return result
+
+    def display_after_the_analysis(source, index, count):
+        assert analysed.wait(30), "the analysis should run while the display image is prepared"
+        time.sleep(0.2)  # let the finished analysis reach the GUI thread first
+        return real_display(source, index, count)
+
+    monkeypatch.setattr(session_module, "_displayable", display_after_the_analysis)
+    window = make_window(qtbot, tmp_path, Session(steps_factory=analysis_then_signal))
+    window.load_model(tiny_bundle)
+    qtbot.waitUntil(lambda: window.session.model is not None, timeout=TIMEOUT)
+    order: list[str] = []
+    window.session.imageReady.connect(lambda *_: order.append("image"))
+    window.session.analysisReady.connect(lambda *_: order.append("analysis"))
+    path = write_png(tmp_path / "slow.png", 3)
+    window.open_paths([path])
+    analysis = wait_for_analysis(qtbot, window)
+    assert order == ["image", "analysis"]
+    assert analysis.source == path and window.session.image.source.path == path
+    assert window.explained.overlay.isVisible()

@@ -55,8 +55,7 @@ def with_display_maps(steps):
     return analysis, ready
 
 
-def _load(path: Path, frame: int, index: int, count: int) -> LoadedImage:
-    source = engine.load_image(path, frame)
+def _displayable(source, index: int, count: int) -> LoadedImage:
     return LoadedImage(source, make_display_image(source.pixels), index, count)
 
 
@@ -79,6 +78,9 @@ class Session(QObject):
         self.frame = 0
         self.model = None
         self.image: LoadedImage | None = None
+        self.source = None  # engine.SourceImage of the current file, as soon as it is decoded
+        self._early_result = None  # an analysis that finished before its image was on screen
+        self._analysed_source = None
         self.analysis = None
         # (method, class, scale, step) -> uint8 overlay data made on the worker with the analysis
         self.display_maps: dict[tuple, object] = {}
@@ -101,7 +103,7 @@ class Session(QObject):
             return
         self.model = model
         self.modelReady.emit(model)
-        if self.image is not None:
+        if self.source is not None:
             self.analyse()
 
     def _model_failed(self, request: int, message: str) -> None:
@@ -128,12 +130,13 @@ class Session(QObject):
         self.frame = frame
         self.cancel()  # the user has moved on: whatever was running is for another image
         self.analysis = None
+        self.source = None
+        self._early_result = None
         path = self.files[self.index]
         logs.register_path(path)
-        index, count = self.index, len(self.files)
         self._image_request = self.runner.call(
-            lambda: _load(path, frame, index, count), "loading an image",
-            self._image_done, self._image_failed)
+            lambda: engine.load_image(path, frame), "loading an image",
+            self._source_done, self._image_failed)
 
     def step(self, delta: int) -> None:
         """Wheel / arrow: next frame of a multi-frame file, else the next file."""
@@ -149,13 +152,27 @@ class Session(QObject):
         if self.files and 0 <= target < len(self.files) and target != self.index:
             self.show_index(target)
 
-    def _image_done(self, request: int, image: LoadedImage) -> None:
+    def _source_done(self, request: int, source) -> None:
+        """Decoded: the analysis and the display image are made at the same time, on two
+        workers, instead of one after the other."""
         if request != self._image_request:
             return  # an image the user already scrolled past
-        self.image = image
-        self.imageReady.emit(image)
+        self.source = source
         if self.model is not None:
             self.analyse()
+        index, count = self.index, len(self.files)
+        self._image_request = self.runner.call(
+            lambda: _displayable(source, index, count), "preparing the image for display",
+            self._image_done, self._image_failed)
+
+    def _image_done(self, request: int, image: LoadedImage) -> None:
+        if request != self._image_request:
+            return
+        self.image = image
+        self.imageReady.emit(image)
+        if self._early_result is not None:
+            result, self._early_result = self._early_result, None
+            self._show_analysis(result)
 
     def _image_failed(self, request: int, message: str) -> None:
         if request == self._image_request:
@@ -163,10 +180,11 @@ class Session(QObject):
 
     # analysis ----------------------------------------------------------------
     def analyse(self) -> None:
-        if self.model is None or self.image is None:
+        if self.model is None or self.source is None:
             return
         self.cancel()
-        source, model = self.image.source, self.model
+        source, model = self.source, self.model
+        self._analysed_source = source
         options = engine.AnalysisOptions(methods=DEFAULT_METHODS, mc_samples=self.mc_samples)
         factory = self.steps_factory
         self._analysis_request = self.runner.steps(
@@ -193,6 +211,12 @@ class Session(QObject):
         if request != self._analysis_request:
             return
         self._analysis_request = None
+        if self.image is None or self.image.source is not self._analysed_source:
+            self._early_result = result  # shown as soon as its image is
+            return
+        self._show_analysis(result)
+
+    def _show_analysis(self, result) -> None:
         analysis, self.display_maps = result
         self.analysis = analysis
         self.analysisReady.emit(analysis)
