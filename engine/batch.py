@@ -9,20 +9,17 @@ images go through the engine in batches (the ONNX engines return the head input 
 so MC dropout reuses it); with ``method`` each image gets a full ``analyze`` with that one method,
 and ``on_analysis`` receives it (exports).
 
-Resuming: ``<out>/.lantern-batch.json`` records each finished image under a key made of its path,
-size, modification time, frame, the model's name and version, the engine and the options. An
-image whose key is recorded is not analysed again. Nothing is written outside ``out``.
+Three stages overlap: one thread loads and prepares the next chunk while the engine runs the
+current one, and another writes results (each file fsync'ed by files.py) behind them. The record
+(batch_record.py) is saved every few seconds and when the batch ends or is closed, so a
+cancelled batch resumes where it stopped. Nothing is written outside ``out``.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import re
-import secrets
-from dataclasses import asdict, dataclass, field
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generator, Iterable
 
@@ -30,6 +27,7 @@ import numpy as np
 
 from .analysis import Analysis, AnalysisOptions, LoadedModel, Progress, analyze
 from .anonymize import Pseudonymizer
+from .batch_record import BatchItem, BatchRecord, BatchRow, item_key, item_name, make_row, worklist_csv
 from .errors import LanternError
 from .files import unused_path, write_bytes_atomic, write_json_atomic
 from .images import SourceImage, load_image
@@ -37,11 +35,10 @@ from .preprocess import prepare_input
 from .studies import scan_studies
 from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
 
-RECORD_NAME = ".lantern-batch.json"
-RECORD_FORMAT = 1
 CSV_NAME = "worklist.csv"
-CSV_COLUMNS = ("file", "frame", "patient_id", "study", "study_date", "predicted_class", "probability",
-               "confidence", "flagged", "result")
+SAVE_EVERY_S = 3.0  # record saves: often enough to lose little on a crash, rare enough to cost little
+
+Exporter = Callable[[SourceImage, Analysis, BatchItem, "Pseudonymizer | None"], Iterable[Path]]
 
 
 @dataclass(frozen=True)
@@ -53,40 +50,9 @@ class BatchOptions:
     chunk: int = 16  # images per forward batch, and per progress step
     anonymize: bool = False
 
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One frame to analyse, with what the scan already knows about its study."""
-
-    path: Path
-    frame: int
-    patient_id: str
-    study: str
-    study_date: str
-    study_uid: str
-    sop_instance_uid: str
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    path: Path
-    frame: int
-    patient_id: str  # a pseudonym when the batch is anonymized; "" when the file has none
-    study: str
-    study_date: str
-    predicted_class: str
-    probability: float
-    confidence: float | None  # None when the model has no dropout or MC is off
-    flagged: bool
-    probabilities: dict[str, float]
-    result: str  # the per-image result file, relative to the output folder
-
-    def to_record(self) -> dict:
-        return asdict(self) | {"path": str(self.path)}
-
-    @classmethod
-    def from_record(cls, data: dict) -> "BatchRow":
-        return cls(**(data | {"path": Path(data["path"])}))
+    def identity(self) -> list:
+        """What, besides the file and the model, makes a result what it is."""
+        return [self.method, self.mc_samples, self.seed, self.confidence_threshold, self.anonymize]
 
 
 @dataclass(frozen=True)
@@ -115,81 +81,10 @@ def batch_items(source: str | Path) -> tuple[list[BatchItem], list[tuple[Path, s
 
 def check_output_folder(source: Path, out: Path) -> None:
     """Results are never mixed with sources: refuse an output folder inside the scanned one."""
-    root = source if source.is_dir() else source.parent
-    if out.resolve() == root.resolve() or out.resolve().is_relative_to(root.resolve()):
+    root = (source if source.is_dir() else source.parent).resolve()
+    if out.resolve() == root or out.resolve().is_relative_to(root):
         raise LanternError("the output folder is inside the folder being analysed; choose one outside it, "
                            "so that results are never written beside the source images", out)
-
-
-def _item_key(item: BatchItem, model: LoadedModel, options: BatchOptions) -> str:
-    stat = item.path.stat()
-    parts = [str(item.path.resolve()), stat.st_size, stat.st_mtime_ns, item.frame, model.bundle.name,
-             model.bundle.version, model.engine, options.method, options.mc_samples, options.seed,
-             options.confidence_threshold, options.anonymize]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-class BatchRecord:
-    """The output folder's memory of finished images (and the anonymization salt)."""
-
-    def __init__(self, out: Path):
-        self.path = out / RECORD_NAME
-        data = self._read()
-        self.entries: dict[str, dict] = data.get("entries", {})
-        self.salt = bytes.fromhex(data["salt"]) if "salt" in data else secrets.token_bytes(16)
-
-    def _read(self) -> dict:
-        if not self.path.is_file():
-            return {}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LanternError(f"the batch record could not be read ({exc}); move it away to start over",
-                               self.path) from exc
-        if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
-            raise LanternError("the batch record is not one this Lantern wrote; move it away to start over",
-                               self.path)
-        return data
-
-    def save(self) -> None:
-        write_json_atomic(self.path, {"format": RECORD_FORMAT, "salt": self.salt.hex(), "entries": self.entries})
-
-
-def item_name(item: BatchItem, root: Path) -> str:
-    """A file-name stem for an item's outputs: its path below the batch root, made safe."""
-    try:
-        relative = item.path.resolve().relative_to(root.resolve())
-    except ValueError:
-        relative = Path(item.path.name)
-    stem = "__".join(relative.parts)
-    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("_") or "image"
-    return f"{stem}-frame{item.frame}" if item.frame else stem
-
-
-def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray,
-                   uncertainty: UncertaintySummary | None, note: str) -> dict:
-    classes = model.bundle.classes
-    probabilities = softmax(logits.astype(np.float64))
-    return {
-        "source": str(item.path), "frame": item.frame,
-        "model": {"name": model.bundle.name, "version": model.bundle.version}, "engine": model.engine,
-        "classes": list(classes),
-        "logits": [round(float(v), 6) for v in logits],
-        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probabilities)},
-        "predicted_class": classes[int(np.argmax(probabilities))],
-        "methods": [],
-        "uncertainty": uncertainty.to_dict() if uncertainty else None,
-        "uncertainty_note": note,
-    }
-
-
-def _uncertainty(model: LoadedModel, head_input: np.ndarray, options: BatchOptions):
-    if options.mc_samples <= 1:
-        return None, "Monte-Carlo dropout was switched off for this batch."
-    if not model.backend.has_dropout:
-        return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
-    samples = model.backend.mc_logits(head_input, options.mc_samples, options.seed)
-    return UncertaintySummary.from_logit_samples(samples, options.confidence_threshold), ""
 
 
 def logits_and_head_inputs(model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,80 +101,55 @@ def logits_and_head_inputs(model: LoadedModel, batch: np.ndarray) -> tuple[np.nd
     return np.stack([o.logits for o in outputs]), np.stack([o.head_input for o in outputs])
 
 
-def _row(item: BatchItem, record: dict, result_file: str, pseudonyms: Pseudonymizer | None) -> BatchRow:
-    uncertainty = record["uncertainty"]
-    predicted = record["predicted_class"]
-    patient, study, study_date = item.patient_id, item.study, item.study_date
-    if pseudonyms is not None and not item.study_uid.startswith("folder:"):  # a PNG folder has no PHI
-        patient = pseudonyms.patient_id(patient)
-        study, study_date = f"study {pseudonyms.short('study', item.study_uid)}", ""
-    return BatchRow(
-        path=item.path, frame=item.frame, patient_id=patient, study=study, study_date=study_date,
-        predicted_class=predicted, probability=float(record["probabilities"][predicted]),
-        confidence=float(uncertainty["confidence"]) if uncertainty else None,
-        flagged=bool(uncertainty["flagged"]) if uncertainty else False,
-        probabilities={k: float(v) for k, v in record["probabilities"].items()}, result=result_file)
+def _uncertainty(model: LoadedModel, head_input: np.ndarray, options: BatchOptions):
+    if options.mc_samples <= 1:
+        return None, "Monte-Carlo dropout was switched off for this batch."
+    if not model.backend.has_dropout:
+        return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
+    samples = model.backend.mc_logits(head_input, options.mc_samples, options.seed)
+    return UncertaintySummary.from_logit_samples(samples, options.confidence_threshold), ""
 
 
-def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
-                on_analysis: Callable[[SourceImage, Analysis, BatchItem, Pseudonymizer | None], Iterable[Path]] | None = None,
-                ) -> Generator[Progress, None, BatchResult]:
-    source, out = Path(source), Path(out)
-    check_output_folder(source, out)
-    items, failures = batch_items(source)
-    out.mkdir(parents=True, exist_ok=True)
-    record = BatchRecord(out)
-    pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
-    root = source if source.is_dir() else source.parent
-    rows: dict[int, BatchRow] = {}
-    todo: list[tuple[int, BatchItem, str]] = []
-    for index, item in enumerate(items):
+def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
+                   head_input: np.ndarray) -> dict:
+    """The part of ``Analysis.to_dict()`` a triage computes, under the same keys."""
+    uncertainty, note = _uncertainty(model, head_input, options)
+    classes = model.bundle.classes
+    probabilities = softmax(logits.astype(np.float64))
+    return {
+        "source": str(item.path), "frame": item.frame,
+        "model": {"name": model.bundle.name, "version": model.bundle.version}, "engine": model.engine,
+        "classes": list(classes),
+        "logits": [round(float(v), 6) for v in logits],
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probabilities)},
+        "predicted_class": classes[int(np.argmax(probabilities))],
+        "methods": [],
+        "uncertainty": uncertainty.to_dict() if uncertainty else None,
+        "uncertainty_note": note,
+    }
+
+
+def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
+    """Runs on the loader thread: images (and, for triage, model inputs), and what failed."""
+    loaded, failures = [], []
+    for index, item, key in chunk:
         try:
-            key = _item_key(item, model, options)
-        except OSError as exc:
-            failures.append((item.path, f"could not be read: {exc.strerror or exc}"))
+            image = load_image(item.path, item.frame)
+        except LanternError as exc:
+            failures.append((item.path, exc.reason))
             continue
-        if key in record.entries:
-            rows[index] = BatchRow.from_record(record.entries[key])
-        else:
-            todo.append((index, item, key))
-    reused, written = len(rows), []
-    total = len(todo)
-    yield Progress(f"{reused} already analysed, {total} to go", 0, max(total, 1))
-    for start in range(0, total, options.chunk):
-        chunk = todo[start : start + options.chunk]
-        done = _analyse_chunk(chunk, model, options, on_analysis, pseudonyms, failures, written)
-        for index, item, key, analysis_record in done:
-            target = unused_path(out / "results" / f"{item_name(item, root)}.json")
-            write_json_atomic(target, analysis_record)
-            row = _row(item, analysis_record, target.relative_to(out).as_posix(), pseudonyms)
-            rows[index] = row
-            record.entries[key] = row.to_record()
-        record.save()  # after every chunk: a cancelled batch resumes from here
-        step = min(start + options.chunk, total)
-        yield Progress(f"analysed {step} of {total}", step, total)
-    ordered = tuple(rows[i] for i in sorted(rows))
-    csv_path = write_bytes_atomic(unused_path(out / CSV_NAME), worklist_csv(ordered, out))
-    return BatchResult(out, ordered, tuple(failures), len(ordered) - reused, reused, csv_path, tuple(written))
+        tensor = prepare_input(image, model.bundle.input).tensor if options.method is None else None
+        loaded.append((index, item, key, image, tensor))
+    return loaded, failures
 
 
-def _load(item: BatchItem, failures: list) -> SourceImage | None:
-    try:
-        return load_image(item.path, item.frame)
-    except LanternError as exc:
-        failures.append((item.path, exc.reason))
-        return None
-
-
-def _analyse_chunk(chunk, model: LoadedModel, options: BatchOptions, on_analysis, pseudonyms, failures,
-                   written) -> list:
-    loaded = [(index, item, key, _load(item, failures)) for index, item, key in chunk]
-    loaded = [entry for entry in loaded if entry[3] is not None]
+def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exporter | None,
+             pseudonyms: Pseudonymizer | None, written: list) -> list[tuple[int, BatchItem, str, dict]]:
     if options.method is not None:
         analysis_options = AnalysisOptions(methods=(options.method,), mc_samples=options.mc_samples,
                                            seed=options.seed, confidence_threshold=options.confidence_threshold)
         done = []
-        for index, item, key, image in loaded:
+        for index, item, key, image, _ in loaded:
             analysis = analyze(image, model, analysis_options)
             if on_analysis is not None:
                 written.extend(on_analysis(image, analysis, item, pseudonyms))
@@ -287,27 +157,90 @@ def _analyse_chunk(chunk, model: LoadedModel, options: BatchOptions, on_analysis
         return done
     if not loaded:
         return []
-    batch = np.concatenate([prepare_input(image, model.bundle.input).tensor for *_, image in loaded])
-    logits, head_inputs = logits_and_head_inputs(model, batch)
-    done = []
-    for (index, item, key, _image), item_logits, head_input in zip(loaded, logits, head_inputs):
-        uncertainty, note = _uncertainty(model, head_input, options)
-        done.append((index, item, key, _triage_record(item, model, item_logits, uncertainty, note)))
-    return done
+    logits, head_inputs = logits_and_head_inputs(model, np.concatenate([entry[4] for entry in loaded]))
+    return [(index, item, key, _triage_record(item, model, item_logits, options, head_input))
+            for (index, item, key, _, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
 
 
-def worklist_csv(rows: Iterable[BatchRow], out: Path) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([str(r.path), r.frame, r.patient_id, r.study, r.study_date, r.predicted_class,
-                         f"{r.probability:.4f}", "" if r.confidence is None else f"{r.confidence:.4f}",
-                         "yes" if r.flagged else "no", r.result])
-    return buffer.getvalue().encode("utf-8")
+def _fresh_path(path: Path, claimed: set[Path]) -> Path:
+    """unused_path, also avoiding names this run has handed out but not yet written."""
+    candidate, n = unused_path(path), 2
+    while candidate in claimed:
+        candidate, n = unused_path(path.with_name(f"{path.stem}-{n}{path.suffix}")), n + 1
+    claimed.add(candidate)
+    return candidate
 
 
-def run_batch(source, out, model: LoadedModel, options: BatchOptions = BatchOptions(), on_analysis=None,
+def _write_result(record: BatchRecord, key: str, row: BatchRow, target: Path, data: dict) -> None:
+    """Runs on the writer thread, which alone touches the record until the batch ends."""
+    write_json_atomic(target, data)
+    record.entries[key] = row.to_record()
+
+
+def _raise_failed_writes(writes: list[Future]) -> None:
+    for future in [f for f in writes if f.done()]:
+        future.result()  # re-raises a failed write (disk full, permissions) here
+        writes.remove(future)
+
+
+def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
+                on_analysis: Exporter | None = None) -> Generator[Progress, None, BatchResult]:
+    source, out = Path(source), Path(out)
+    check_output_folder(source, out)
+    items, failures = batch_items(source)
+    out.mkdir(parents=True, exist_ok=True)
+    record = BatchRecord(out)
+    pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
+    root = source if source.is_dir() else source.parent
+    identity = [model.bundle.name, model.bundle.version, model.engine, *options.identity()]
+    rows: dict[int, BatchRow] = {}
+    todo: list[tuple[int, BatchItem, str]] = []
+    for index, item in enumerate(items):
+        try:
+            key = item_key(item, identity)
+        except OSError as exc:
+            failures.append((item.path, f"could not be read: {exc.strerror or exc}"))
+            continue
+        if key in record.entries:
+            rows[index] = BatchRow.from_record(record.entries[key])
+        else:
+            todo.append((index, item, key))
+    reused, written, claimed, writes = len(rows), [], set(), []
+    chunks = [todo[start : start + options.chunk] for start in range(0, len(todo), options.chunk)]
+    yield Progress(f"{reused} already analysed, {len(todo)} to go", 0, max(len(todo), 1))
+    loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-write")
+    try:
+        upcoming = loader.submit(_load_chunk, chunks[0], model, options) if chunks else None
+        last_save, step = time.monotonic(), 0
+        for n, chunk in enumerate(chunks):
+            loaded, load_failures = upcoming.result()
+            failures.extend(load_failures)
+            if n + 1 < len(chunks):
+                upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
+            for index, item, key, data in _analyse(loaded, model, options, on_analysis, pseudonyms, written):
+                target = _fresh_path(out / "results" / f"{item_name(item, root)}.json", claimed)
+                rows[index] = make_row(item, data, target.relative_to(out).as_posix(), pseudonyms)
+                writes.append(writer.submit(_write_result, record, key, rows[index], target, data))
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                writes.append(writer.submit(record.save))
+                last_save = time.monotonic()
+            _raise_failed_writes(writes)
+            step += len(chunk)
+            yield Progress(f"analysed {step} of {len(todo)}", step, len(todo))
+    finally:  # also when the caller closes the generator (cancel): keep what is done
+        loader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+        record.save()
+    for future in writes:
+        future.result()
+    ordered = tuple(rows[i] for i in sorted(rows))
+    csv_path = write_bytes_atomic(unused_path(out / CSV_NAME), worklist_csv(ordered))
+    return BatchResult(out, ordered, tuple(failures), len(ordered) - reused, reused, csv_path, tuple(written))
+
+
+def run_batch(source, out, model: LoadedModel, options: BatchOptions = BatchOptions(),
+              on_analysis: Exporter | None = None,
               progress: Callable[[Progress], None] | None = None) -> BatchResult:
     steps = batch_steps(source, out, model, options, on_analysis)
     while True:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .analysis import Analysis, Progress, load_model
 from .anonymize import Pseudonymizer
-from .batch import BatchItem, BatchOptions, item_name, run_batch
+from .batch import BatchOptions, run_batch
+from .batch_record import BatchItem, item_name
 from .dicom_export import export_dicom
 from .files import unused_path, write_bytes_atomic
 from .images import SourceImage

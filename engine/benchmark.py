@@ -129,6 +129,41 @@ def bench_engine(bundle_path: Path, engine: str, image: SourceImage, repeats: in
     }
 
 
+BATCH_IMAGES = 200
+TARGET_BATCH_IMAGES_PER_S = 50.0
+
+
+def bench_batch(bundle_path: Path, engine: str, images: int = BATCH_IMAGES) -> dict:
+    """Batch triage throughput: ``images`` demo-size (512x512) phantom DICOMs in a temporary
+    folder through ``engine.batch`` as ``lantern-engine batch`` runs it (scan, load, preprocess,
+    batched forward, 20 MC samples, one result JSON per image, the CSV); model loading excluded.
+    The second run over the same folder shows what resuming costs when everything is done."""
+    import tempfile
+
+    from .batch import BatchOptions, run_batch
+    from .demo_data import radiograph_dicom_bytes
+    from .files import write_bytes_atomic
+    from .phantoms import make_phantom
+
+    model = load_model(bundle_path, engine)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="lantern-batch-bench-") as tmp:
+        source, out = Path(tmp) / "images", Path(tmp) / "out"
+        for i in range(images):
+            pixels = make_phantom(rng, i % 3, 512).image
+            write_bytes_atomic(source / f"{i:03d}.dcm", radiograph_dicom_bytes(pixels, key=f"bench{i}"))
+        options = BatchOptions(mc_samples=MC_SAMPLES)
+        start = time.perf_counter()
+        result = run_batch(source, out, model, options)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        run_batch(source, out, model, options)
+        rerun = time.perf_counter() - start
+    return {"engine": engine, "images": images, "analysed": result.analysed, "seconds": round(seconds, 3),
+            "images_per_s": round(result.analysed / seconds, 1), "resume_seconds": round(rerun, 3),
+            "target": f">= {TARGET_BATCH_IMAGES_PER_S}", "met": result.analysed / seconds >= TARGET_BATCH_IMAGES_PER_S}
+
+
 def _bench_in_subprocess(bundle_path: Path, engine: str, repeats: int) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "engine.benchmark", str(bundle_path), engine, str(repeats)],
@@ -176,6 +211,8 @@ def bench_command(args: argparse.Namespace) -> int:
         "engines": results,
         "vs_torch": _ratios(results),
     }
+    batch_engine = "onnx-int8" if "onnx-int8" in engines else engines[0]
+    report["batch"] = bench_batch(Path(args.model), batch_engine)
     int8, ratios = results.get("onnx-int8"), report["vs_torch"].get("onnx-int8")
     if int8 and "error" not in int8:
         report["targets"] = {
@@ -209,6 +246,10 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"vs torch  {engine:10s} forward x{q['forward_speedup']:.2f}  analysis x{q['analysis_speedup']:.2f}  "
               f"throughput x{q['throughput_ratio']:.2f}  peak memory x{q['peak_rss_ratio']:.2f}  "
               f"size x{q['model_size_ratio']:.3f}")
+    b = report["batch"]
+    print(f"batch     {b['engine']}: {b['images']} images 512x512 DICOM in {b['seconds']:.2f} s = "
+          f"{b['images_per_s']:.1f} images/s (want {b['target']}: {'met' if b['met'] else 'NOT met'}); "
+          f"resumed run {b['resume_seconds']:.2f} s")
     for name, t in report.get("targets", {}).items():
         print(f"target {name}: {t['value']} (want {t['target']}) {'met' if t['met'] else 'NOT met'}")
     if "faithfulness" in report:
