@@ -36,6 +36,7 @@ DEFAULT_MAP_ALIGNMENT = {
     "efficientnet_b0": "stride", "densenet121": "resize", "convnext_tiny": "resize",
 }
 RESIZE_RULES = ("stretch", "letterbox", "center_crop")
+DEFAULT_CUTOFF = 0.5
 INTENSITY_RULES = ("percentile", "window", "minmax", "unit8")
 NORMALIZATIONS = {
     # Name -> (mean, std) per channel; "xray" suits single-channel radiographs scaled to 0..1.
@@ -83,10 +84,16 @@ class ModelBundle:
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     # Temperature scaling fitted on a labelled folder (engine/temperature.py); 1 = none.
     temperature: float = 1.0
+    # Per-class probability cut-offs ("operating points"); classes not listed use DEFAULT_CUTOFF.
+    cutoffs: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def cutoff(self, class_index: int) -> float:
+        """The probability at or above which the model claims this class."""
+        return self.cutoffs.get(self.classes[class_index], DEFAULT_CUTOFF)
 
 
 def _inside(folder: Path, relative: str, what: str) -> Path:
@@ -183,6 +190,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
     if weights_path is None and not onnx:
         raise ModelBundleError("the bundle names no weights and no ONNX model", folder)
     temperature = _temperature(manifest.get("calibration"), folder)
+    cutoffs = _cutoffs(manifest.get("cutoffs"), classes, folder)
     return ModelBundle(
         folder=folder,
         name=name,
@@ -200,6 +208,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         map_alignment=alignment,
         manifest=manifest,
         temperature=temperature,
+        cutoffs=cutoffs,
     )
 
 
@@ -210,6 +219,19 @@ def _temperature(calibration: Any, folder: Path) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 100.0:
         raise ModelBundleError("manifest.json: 'calibration' needs a 'temperature' between 0.01 and 100", folder)
     return float(value)
+
+
+def _cutoffs(raw: Any, classes: list, folder: Path) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ModelBundleError("manifest.json: 'cutoffs' should map class names to probabilities", folder)
+    for name, value in raw.items():
+        if name not in classes:
+            raise ModelBundleError(f"manifest.json: 'cutoffs' names '{name}', which is not one of the classes", folder)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ModelBundleError(f"manifest.json: the cut-off of '{name}' must be a probability in 0..1", folder)
+    return {name: float(value) for name, value in raw.items()}
 
 
 def load_bundle(folder: str | Path) -> ModelBundle:

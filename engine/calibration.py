@@ -81,3 +81,67 @@ def reliability_diagram(confidences, correct, bins: int = DEFAULT_BINS) -> Relia
     gaps = np.abs(accuracy[filled] - mean_confidence[filled])
     ece = float((counts[filled] / conf.size * gaps).sum())
     return ReliabilityDiagram(edges, mean_confidence, accuracy, counts, ece)
+
+
+@dataclass(frozen=True)
+class CalibrationStatus:
+    """What is known about a model's calibration, for the Trust panel and the gauges."""
+
+    calibrated: bool  # a temperature was fitted, or a reliability diagram measured
+    ece: float | None
+    diagram: ReliabilityDiagram | None
+    source: str  # where the figures come from, in plain words
+
+    @property
+    def warning(self) -> str:
+        if self.calibrated:
+            return ""
+        return ("This model has never been calibrated: its probabilities have not been checked "
+                "against outcomes and may be over- or under-confident.")
+
+
+def calibration_status(bundle) -> CalibrationStatus:
+    """From the bundle's manifest: a measured ``model_card.reliability`` diagram and/or the
+    ``calibration`` record temperature scaling writes (engine/temperature.py)."""
+    from .errors import ModelBundleError
+
+    diagram = None
+    raw = bundle.model_card.get("reliability")
+    if raw is not None:
+        try:
+            diagram = ReliabilityDiagram.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelBundleError(f"manifest.json: model_card.reliability is not a reliability diagram ({exc})",
+                                   bundle.folder) from exc
+    record = bundle.manifest.get("calibration")
+    if isinstance(record, dict) and "temperature" in record:
+        ece = record.get("ece_after", diagram.ece if diagram else None)
+        source = (f"temperature scaling (T = {float(record['temperature']):.3g}) fitted on "
+                  f"{record.get('fitted_on', 'a labelled set')} ({record.get('cases', '?')} cases)")
+        return CalibrationStatus(True, None if ece is None else float(ece), diagram, source)
+    if diagram is not None:
+        return CalibrationStatus(True, diagram.ece, diagram,
+                                 f"reliability measured on {diagram.total} cases (model card); no temperature fitted")
+    return CalibrationStatus(False, None, None, "no calibration in the model bundle")
+
+
+def evaluation_reliability(path) -> ReliabilityDiagram:
+    """The reliability diagram of a ``lantern-engine evaluate`` metrics.json (after temperature
+    scaling when it was applied), refused in plain words when the file is not one."""
+    import json
+    from pathlib import Path
+
+    from .errors import LanternError
+
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        reliability = report["reliability"]
+        return ReliabilityDiagram.from_dict(reliability.get("after") or reliability["before"])
+    except OSError as exc:
+        raise LanternError(f"could not be read ({exc.strerror or exc})", path) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LanternError("is not a JSON file", path) from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LanternError("holds no reliability diagram (expected the metrics.json of "
+                           "'lantern-engine evaluate')", path) from exc

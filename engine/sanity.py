@@ -20,11 +20,11 @@ ONNX-only install ``check_randomization`` raises EngineUnavailableError.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 
-from .analysis import LoadedModel, load_model
+from .analysis import LoadedModel, Progress, load_model
 from .cam import ClassMaps, get_method
 from .errors import EngineUnavailableError
 from .faithfulness import input_map
@@ -98,23 +98,33 @@ def torch_model_for(model: LoadedModel) -> LoadedModel:
             model.bundle.folder) from exc
 
 
-def check_randomization(model: LoadedModel, model_input: ModelInput, class_index: int,
+def randomization_steps(model: LoadedModel, model_input: ModelInput, class_index: int,
                         method: str = "gradcam", map_function: MapFunction | None = None,
-                        seed: int = 0, should_stop: Callable[[], bool] | None = None) -> SanityResult:
-    """Cascading randomisation of ``model`` for one image and class. ``map_function`` defaults to
-    the CAM ``method``; tests pass their own (a deliberately broken method). ``should_stop`` is
-    polled between steps so a viewer can cancel."""
+                        seed: int = 0) -> Generator[Progress, None, SanityResult]:
+    """Cascading randomisation of ``model`` for one image and class, as a generator that yields
+    :class:`Progress` between steps (close it to cancel) and returns the :class:`SanityResult`.
+    ``map_function`` defaults to the CAM ``method``; tests pass their own (a broken method)."""
     torch_model = torch_model_for(model)
-    from .backends.torch_backend import cascading_randomization
+    from .backends.torch_backend import cascading_randomization, randomization_groups
 
+    total = len(randomization_groups(torch_model.backend.model)) + 1
     compute = map_function or cam_map_function(method, torch_model.bundle.map_alignment)
+    yield Progress("trained map", 0, total)
     trained = compute(torch_model.backend, model_input, class_index)
     steps = []
     for layers, backend in cascading_randomization(torch_model.backend, seed):
-        if should_stop is not None and should_stop():
-            break
+        yield Progress(f"randomising {layers}", len(steps) + 1, total)
         saliency = compute(backend, model_input, class_index)
         steps.append(RandomizationStep(layers, saliency, spearman(trained, saliency), ssim(trained, saliency)))
-    if not steps:
-        raise ValueError("the randomisation check was stopped before its first step")
     return SanityResult(method, int(class_index), trained, tuple(steps))
+
+
+def check_randomization(model: LoadedModel, model_input: ModelInput, class_index: int,
+                        method: str = "gradcam", map_function: MapFunction | None = None,
+                        seed: int = 0) -> SanityResult:
+    steps = randomization_steps(model, model_input, class_index, method, map_function, seed)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

@@ -6,7 +6,7 @@ from engine.analysis import load_model
 from engine.errors import EngineUnavailableError
 from engine.phantoms import make_phantom
 from engine.preprocess import prepare_input
-from engine.sanity import BARELY_CHANGES, check_randomization, torch_model_for
+from engine.sanity import BARELY_CHANGES, check_randomization, randomization_steps, torch_model_for
 from engine.similarity import average_ranks, method_agreement, spearman, ssim
 
 
@@ -70,9 +70,10 @@ def test_randomisation_leaves_the_trained_model_untouched(demo_bundle):
     model = load_model(demo_bundle, "torch")
     model_input = _phantom_input(model.bundle, 2, seed=5)
     before = model.backend.forward(model_input.tensor)
-    stopped = iter([False, False, True])
-    result = check_randomization(model, model_input, 2, should_stop=lambda: next(stopped))
-    assert len(result.steps) == 2  # cancelled before the third step
+    steps = randomization_steps(model, model_input, 2)
+    stages = [next(steps).stage for _ in range(3)]
+    steps.close()  # cancelled after two randomised blocks
+    assert stages == ["trained map", "randomising fc", "randomising layer4.1"]
     np.testing.assert_array_equal(model.backend.forward(model_input.tensor), before)
 
 
