@@ -6,7 +6,9 @@ actions and panels to the main window; this list is the one place that wires the
 
 from __future__ import annotations
 
-INSTALLERS: list = []
+from viewer import evaluation_view, presentation, teaching
+
+INSTALLERS: list = [teaching.install, presentation.install, evaluation_view.install]
 
 
 def install(window) -> None:
