@@ -6,9 +6,10 @@ actions and panels to the main window; this list is the one place that wires the
 
 from __future__ import annotations
 
-from viewer import evaluation_view, presentation, teaching
+from viewer import evaluation_view, exports, presentation, teaching, worklist
 
-INSTALLERS: list = [teaching.install, presentation.install, evaluation_view.install]
+INSTALLERS: list = [teaching.install, presentation.install, evaluation_view.install,
+                    worklist.install, exports.install]
 
 
 def install(window) -> None:

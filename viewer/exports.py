@@ -1,0 +1,151 @@
+"""File > Export: the side-by-side picture (PNG, as shown on screen), the result (JSON), the
+explanation as DICOM (Secondary Capture in the source's study) and a one-page HTML report.
+
+Each asks where through a save dialog that proposes a name no file has yet; if the chosen name
+exists by the time it is written, the export takes a fresh name beside it (files.unused_path):
+nothing is ever overwritten, least of all a source. "Anonymize exports" pseudonymizes DICOM and
+report exports with one salt per run of Lantern, so exports of one patient stay together.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QStandardPaths
+from PySide6.QtGui import QImage, QPainter
+from PySide6.QtWidgets import QFileDialog
+
+from engine.anonymize import Pseudonymizer
+from engine.files import unused_path, write_bytes_atomic, write_json_atomic
+from viewer.actions import _action
+from viewer.menus import menu_named
+
+log = logging.getLogger("lantern.exports")
+GAP_PX = 6
+KINDS = {  # kind -> (menu text, file suffix, dialog filter)
+    "png": ("Side-by-side picture (PNG)…", ".png", "PNG image (*.png)"),
+    "json": ("Result (JSON)…", ".json", "JSON (*.json)"),
+    "dicom": ("Explanation as DICOM…", ".dcm", "DICOM (*.dcm)"),
+    "report": ("Report (HTML)…", ".html", "HTML report (*.html)"),
+}
+
+
+def side_by_side_image(window) -> QImage:
+    """The two viewports as on screen (window, zoom, overlay), grabbed and put side by side."""
+    left, right = window.original.grab().toImage(), window.explained.grab().toImage()
+    if not window.original.isVisible():  # single view: the explanation alone
+        return right
+    out = QImage(left.width() + GAP_PX + right.width(), max(left.height(), right.height()),
+                 QImage.Format.Format_RGB32)
+    out.fill(0x202020)
+    painter = QPainter(out)
+    painter.drawImage(0, 0, left)
+    painter.drawImage(left.width() + GAP_PX, 0, right)
+    painter.end()
+    return out
+
+
+def png_bytes(image: QImage) -> bytes:
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not image.save(buffer, "PNG"):
+        raise OSError("the picture could not be encoded as PNG")
+    return bytes(data.data())
+
+
+class Exporter:
+    """The export actions of one main window."""
+
+    def __init__(self, window):
+        self.window = window
+        self.pseudonyms = Pseudonymizer()  # one salt per run: consistent across this session's exports
+        self.anonymize = False
+        self.last_written: Path | None = None
+
+    def ready(self) -> bool:
+        session = self.window.session
+        if session.analysis is None or session.image is None:
+            self.window.show_error("Nothing to export yet: open an image and wait for its analysis.")
+            return False
+        return True
+
+    def proposed_path(self, kind: str) -> Path:
+        folder = self.window.settings.q.value("export/folder", "") or QStandardPaths.writableLocation(
+            QStandardPaths.StandardLocation.DocumentsLocation)
+        analysis = self.window.session.analysis
+        stem = Path(analysis.source).stem + (f"-frame{analysis.frame + 1}" if analysis.frame else "")
+        return unused_path(Path(folder) / f"{stem}-lantern{KINDS[kind][1]}")
+
+    def ask(self, kind: str) -> None:
+        """Menu slot: ask where, then export."""
+        if not self.ready():
+            return
+        text, suffix, file_filter = KINDS[kind]
+        chosen, _ = QFileDialog.getSaveFileName(
+            self.window, text.rstrip("…"), str(self.proposed_path(kind)), file_filter,
+            options=QFileDialog.Option.DontConfirmOverwrite)  # never overwritten: a taken name gets a new one
+        if chosen:
+            path = Path(chosen)
+            self.window.settings.set("export/folder", str(path.parent))
+            self.export(kind, path if path.suffix else path.with_suffix(suffix))
+
+    def export(self, kind: str, path: Path) -> None:
+        """Write ``kind`` to ``path`` (or a fresh name beside it) off the GUI thread."""
+        window = self.window
+        image, analysis = window.session.image.source, window.session.analysis
+        method, class_index = window.shown_method(analysis), window.class_index
+        pseudonyms = self.pseudonyms if self.anonymize else None
+        if kind == "png":
+            picture = side_by_side_image(window)  # grabbing is GUI work; encoding and writing are not
+            job = lambda: write_bytes_atomic(unused_path(path), png_bytes(picture))  # noqa: E731
+        elif kind == "json":
+            record = analysis.to_dict() | {"shown": {"method": method, "class": analysis.classes[class_index]}}
+            job = lambda: write_json_atomic(unused_path(path), record)  # noqa: E731
+        elif kind == "dicom":
+            from engine.dicom_export import export_dicom
+
+            job = lambda: export_dicom(path, image, analysis, method, class_index, pseudonyms=pseudonyms)  # noqa: E731
+        else:
+            bundle = window.session.model.bundle if window.session.model is not None else None
+            job = lambda: write_html_report(path, image, analysis, bundle, method, class_index, pseudonyms)  # noqa: E731
+        window.show_status(f"Exporting {path.name}…")
+        window.session.runner.call(job, f"exporting {kind}", self._written, self._failed)
+
+    def _written(self, _request: int, path: Path) -> None:
+        self.last_written = Path(path)
+        self.window.show_status(f"Exported {Path(path).name} to {Path(path).parent}")
+
+    def _failed(self, _request: int, message: str) -> None:
+        self.window.show_error(f"Export failed: {message}")
+
+
+def write_html_report(path: Path, image, analysis, bundle, method: str, class_index: int,
+                      pseudonyms: Pseudonymizer | None) -> Path:
+    from engine.report import render_report, report_entry, study_details, write_report
+
+    meta = image.metadata
+    anonymized = pseudonyms.patient_id(meta.patient_id or meta.patient_name) if pseudonyms else None
+    title, details = study_details(image, anonymized)
+    html = render_report(title, details, [report_entry(image, analysis, method, class_index)], bundle, analysis.engine)
+    return write_report(path, html)
+
+
+def install(window) -> None:
+    exporter = Exporter(window)
+    window.exporter = exporter
+    menu = menu_named(window, "&File")
+    export_menu = menu.addMenu("Export")
+    recent = getattr(window, "recent_menu", None)
+    if recent is not None:  # next to the other file commands, above Quit
+        menu.insertMenu(recent.menuAction(), export_menu)
+    for kind, (text, _suffix, _filter) in KINDS.items():
+        action = _action(window, text, lambda kind=kind: exporter.ask(kind))
+        export_menu.addAction(action)
+        window.actions_[f"export_{kind}"] = action
+    export_menu.addSeparator()
+    anonymize = _action(window, "Anonymize exports", lambda: setattr(exporter, "anonymize", anonymize.isChecked()),
+                        checkable=True, tip="DICOM and report exports carry a pseudonym, no name, ID or dates")
+    export_menu.addAction(anonymize)
+    window.actions_["export_anonymize"] = anonymize

@@ -1,0 +1,299 @@
+"""The worklist: a folder or DICOMDIR triaged in the background (engine.batch), one row per image,
+flagged (low-confidence) images first; selecting a row opens it in the side-by-side view.
+
+The batch writes its results and resume record under Lantern's own data folder (one subfolder per
+source folder), never beside the sources; opening the same folder again reuses what is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, QStandardPaths, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDockWidget, QFileDialog, QHBoxLayout,
+                               QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableView,
+                               QVBoxLayout, QWidget)
+
+from viewer import logs
+from viewer.menus import menu_named
+
+log = logging.getLogger("lantern.worklist")
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+COLUMNS = ("Patient", "Study", "Image", "Predicted", "Probability", "Confidence", "Flagged")
+FLAGGED_COLUMN = COLUMNS.index("Flagged")
+TEXT_COLUMNS = (0, 1, 2, 3)
+
+
+def output_folder(root: Path, source: Path) -> Path:
+    """Where the batch of ``source`` keeps its results: one stable subfolder per source folder."""
+    digest = hashlib.sha256(str(source.resolve()).encode("utf-8")).hexdigest()[:16]
+    return root / digest
+
+
+def default_output_root() -> Path:
+    location = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(location) / "worklists"
+
+
+class WorklistModel(QAbstractTableModel):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.rows: list = []  # engine.batch_record.BatchRow
+
+    def set_rows(self, rows) -> None:
+        self.beginResetModel()
+        self.rows = list(rows)
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        row, column = self.rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(row, column)
+        if role == SORT_ROLE:
+            return self._sort_key(row, column)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return f"{row.path}" + (f", frame {row.frame + 1}" if row.frame else "")
+        if role == Qt.ItemDataRole.ForegroundRole and row.flagged:
+            return QColor("#ff8a80")
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (4, 5):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    @staticmethod
+    def _text(row, column: int) -> str:
+        image = row.path.name + (f" [{row.frame + 1}]" if row.frame else "")
+        confidence = "—" if row.confidence is None else f"{row.confidence:.2f}"
+        values = (row.patient_id or "—", row.study or "—", image, row.predicted_class, f"{row.probability:.1%}",
+                  confidence, "⚑ flagged" if row.flagged else "")
+        return values[column]
+
+    @staticmethod
+    def _sort_key(row, column: int):
+        confidence = 1.0 if row.confidence is None else row.confidence
+        if column == FLAGGED_COLUMN:
+            # Flagged first when sorted descending, the least confident of each group first.
+            return (1.0 if row.flagged else 0.0) + (1.0 - confidence) / 2
+        if column == 4:
+            return row.probability
+        if column == 5:
+            return confidence
+        return WorklistModel._text(row, column).lower()
+
+
+class WorklistFilter(QSortFilterProxyModel):
+    """Free text over patient, study, image and class; optionally flagged rows only."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.text = ""
+        self.flagged_only = False
+        self.setSortRole(SORT_ROLE)
+
+    def set_text(self, text: str) -> None:
+        self.beginFilterChange()
+        self.text = text.strip().lower()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def set_flagged_only(self, on: bool) -> None:
+        self.beginFilterChange()
+        self.flagged_only = bool(on)
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(self, source_row: int, source_parent) -> bool:
+        row = self.sourceModel().rows[source_row]
+        if self.flagged_only and not row.flagged:
+            return False
+        if not self.text:
+            return True
+        return any(self.text in WorklistModel._text(row, c).lower() for c in TEXT_COLUMNS)
+
+
+class WorklistPanel(QWidget):
+    def __init__(self, window, output_root: Path | None = None):
+        super().__init__()
+        self.window = window
+        self.output_root = output_root or default_output_root()
+        self.source: Path | None = None
+        self.failures: tuple = ()
+        self._request: int | None = None
+        self.model = WorklistModel(self)
+        self.proxy = WorklistFilter(self)
+        self.proxy.setSourceModel(self.model)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(FLAGGED_COLUMN, Qt.SortOrder.DescendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COLUMNS.index("Image"), QHeaderView.ResizeMode.Stretch)
+        self.table.selectionModel().currentRowChanged.connect(lambda current, _previous: self.open_row(current.row()))
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("Filter: patient, study, image or class")
+        self.filter.textChanged.connect(self.proxy.set_text)
+        self.flagged_only = QCheckBox("Flagged only")
+        self.flagged_only.toggled.connect(self.proxy.set_flagged_only)
+        self.anonymous = QCheckBox("Anonymous IDs")
+        self.anonymous.setToolTip("Show keyed-hash pseudonyms instead of patient IDs (takes effect on the next run)")
+        self.open_button = QPushButton("Open folder…")
+        self.open_button.clicked.connect(self.choose_folder)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.status = QLabel("Open a folder or DICOMDIR to triage all of its images.")
+        self.status.setWordWrap(True)
+        top = QHBoxLayout()
+        for widget in (self.open_button, self.filter, self.flagged_only, self.anonymous, self.progress,
+                       self.cancel_button):
+            top.addWidget(widget)
+        top.setStretch(1, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(top)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+
+    # running -------------------------------------------------------------------
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self.window, "Open worklist folder",
+                                                  self.window.settings.get("last_folder"))
+        if folder:
+            self.run(Path(folder))
+
+    def run(self, source: Path) -> None:
+        import engine
+        from engine.batch import BatchOptions, batch_steps
+
+        model = self.window.session.model
+        if model is None:
+            self.window.show_error("Open a model bundle first: the worklist analyses with the loaded model.")
+            return
+        self.cancel()
+        source = Path(source)
+        logs.register_path(source)
+        self.source = source
+        out = output_folder(self.output_root, source)
+        options = BatchOptions(anonymize=self.anonymous.isChecked())
+        folder, engine_name = model.bundle.folder, model.engine
+        # The batch opens its own engine: the reading session's analyses keep theirs, undisturbed.
+        self._request = self.window.session.runner.steps(
+            lambda: batch_steps(source, out, engine.load_model(folder, engine_name), options),
+            "triaging a folder", self._done, self._failed, self._progress, self._cancelled)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.status.setText(f"Triaging {source.name}…")
+        self.window.show_status(f"Worklist: triaging {source.name}…")
+
+    def cancel(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            self.window.session.runner.cancel(request)
+            self._idle(f"Cancelled. What was analysed is kept; open {self.source.name} again to continue.")
+
+    @property
+    def running(self) -> bool:
+        return self._request is not None
+
+    def _idle(self, message: str) -> None:
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self.status.setText(message)
+        self.window.show_status(f"Worklist: {message}")
+
+    def _progress(self, request: int, step: int, total: int, stage: str) -> None:
+        if request == self._request:
+            self.progress.setRange(0, total)
+            self.progress.setValue(step)
+            self.progress.setFormat("%v/%m")
+            self.status.setText(f"Triaging {self.source.name}: {stage}")
+
+    def _done(self, request: int, result) -> None:
+        if request != self._request:
+            return
+        self._request = None
+        self.failures = result.failures
+        self.model.set_rows(result.rows)
+        self.table.sortByColumn(FLAGGED_COLUMN, Qt.SortOrder.DescendingOrder)
+        flagged = sum(r.flagged for r in result.rows)
+        message = (f"{len(result.rows)} image(s): {flagged} flagged, {result.analysed} analysed now, "
+                   f"{result.reused} from before.")
+        if result.failures:
+            message += f" {len(result.failures)} file(s) not analysed (hover for reasons)."
+        self.status.setToolTip("\n".join(f"{p.name}: {why}" for p, why in result.failures))
+        self._idle(message)
+
+    def _failed(self, request: int, message: str) -> None:
+        if request == self._request:
+            self._request = None
+            self._idle("Stopped.")
+            self.window.show_error(message)
+
+    def _cancelled(self, request: int) -> None:
+        log.info("worklist batch %d cancelled", request)
+
+    # opening -------------------------------------------------------------------
+    def visible_rows(self) -> list:
+        return [self.model.rows[self.proxy.mapToSource(self.proxy.index(i, 0)).row()]
+                for i in range(self.proxy.rowCount())]
+
+    def open_row(self, proxy_row: int) -> None:
+        rows = self.visible_rows()
+        if not 0 <= proxy_row < len(rows):
+            return
+        session, row = self.window.session, rows[proxy_row]
+        shown = session.files[session.index] if 0 <= session.index < len(session.files) else None
+        if (shown, session.frame) == (row.path, row.frame):
+            return  # the same row after a sort or filter: already on screen
+        session.open_files([r.path for r in rows], proxy_row)
+        if row.frame:
+            session.show_index(proxy_row, row.frame)
+
+
+def install(window) -> None:
+    panel = WorklistPanel(window)
+    dock = QDockWidget("Worklist", window)
+    dock.setObjectName("Worklist")
+    dock.setWidget(panel)
+    dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+    window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+    bottom = window.findChild(QDockWidget, "Class maps and overlay")
+    if bottom is not None:
+        window.tabifyDockWidget(bottom, dock)
+        bottom.raise_()
+    window.worklist = panel
+    window.worklist_dock = dock
+
+    def open_folder() -> None:
+        dock.raise_()
+        panel.choose_folder()
+
+    from viewer.actions import _action
+
+    action = _action(window, "Open worklist folder…", open_folder, "Ctrl+Shift+W",
+                     tip="Triage every image of a folder or DICOMDIR into a worklist")
+    file_menu = menu_named(window, "&File")
+    recent = getattr(window, "recent_menu", None)
+    file_menu.insertAction(recent.menuAction() if recent is not None else None, action)
+    window.actions_["open_worklist"] = action
