@@ -162,3 +162,16 @@ def test_cli_batch_writes_worklist_exports_and_lists_failures(mixed_folder, tmp_
         assert "not for primary diagnosis" in html and "data:image/png;base64," in html
         assert "LANTERN-DEMO" not in html and "DEMO^" not in html
     assert snapshot(mixed_folder) == before
+
+
+def test_a_dicomdir_is_batched_through_the_files_it_lists(tmp_path, int8_model):
+    from pydicom.fileset import FileSet
+
+    fileset = FileSet()
+    for name in ("demo_nodule.dcm", "demo_effusion.dcm"):
+        fileset.add(STUDY / name)
+    media = tmp_path / "media"
+    fileset.write(media)
+    result = run_batch(media / "DICOMDIR", tmp_path / "out", int8_model)
+    assert sorted(r.predicted_class for r in result.rows) == ["effusion", "nodule"]
+    assert result.failures == ()
