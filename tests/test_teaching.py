@@ -13,7 +13,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
-from PySide6.QtWidgets import QLabel, QPushButton, QToolBar  # noqa: E402
+from PySide6.QtWidgets import QDockWidget, QLabel, QPushButton, QToolBar  # noqa: E402
 
 import engine  # noqa: E402
 from engine.labels import read_labels  # noqa: E402
@@ -218,10 +218,13 @@ def test_presentation_mode_full_screen_large_text_identifying_text_hidden(qtbot,
     assert window.presentation.active and window.actions_["presentation"].isChecked()
     assert window.isFullScreen()
     assert window.hide_identifying and window.actions_["anonymize"].isChecked()
-    assert not toolbar.isVisible()
+    assert not toolbar.isVisible() and not window.statusBar().isVisible()  # the status line names files
+    browser = next(d for d in window.findChildren(QDockWidget) if d.objectName() == "Browser")
+    assert not browser.isVisible()
     assert label.font().pointSizeF() >= 1.5 * size_before
     assert window.status_text.font().pointSizeF() >= 1.5 * 11
     window.actions_["presentation"].trigger()
     assert not window.presentation.active and not window.isFullScreen()
     assert not window.hide_identifying and not window.actions_["anonymize"].isChecked()
     assert toolbar.isVisible() and label.font().pointSizeF() == size_before
+    assert window.statusBar().isVisible() and browser.isVisible()

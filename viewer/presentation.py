@@ -2,8 +2,8 @@
 
 A :class:`Presentation` belongs to one top-level window (the main window or a teaching window).
 Turning it on enlarges every font in that window (the base size and each widget's own style
-sheet size), goes full screen and, on the main window, hides identifying text, the toolbar and
-the side browser; turning it off puts back exactly what was there before.
+sheet size), goes full screen and, on the main window, hides identifying text, the toolbar, the
+status line and every panel but the results and the class maps; turning it off puts back exactly what was there before.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication, QDockWidget, QToolBar, QWidget
 from viewer.menus import menu_named
 
 SCALE = 1.8
+KEPT_DOCKS = ("Results", "Class maps and overlay")  # what a class needs to see; nothing names a file
 _SIZE = re.compile(r"font-size:\s*(\d+(?:\.\d+)?)pt")
 
 
@@ -63,10 +64,18 @@ class Presentation:
         for bar in w.findChildren(QToolBar):
             restore.append(lambda b=bar, v=bar.isVisible(): b.setVisible(v))
             bar.setVisible(False)
+        # Browsers, worklists and the status line name files and patients: not for a projector.
         for dock in w.findChildren(QDockWidget):
-            if dock.objectName() == "Browser":  # file names and patient lists: not for a projector
+            if dock.objectName() not in KEPT_DOCKS:
                 restore.append(lambda d=dock, v=dock.isVisible(): d.setVisible(v))
                 dock.setVisible(False)
+            elif dock.objectName() == "Results" and hasattr(w, "resizeDocks"):
+                restore.append(lambda d=dock, width=dock.width(): w.resizeDocks([d], [width], Qt.Orientation.Horizontal))
+                w.resizeDocks([dock], [int(dock.width() * SCALE)], Qt.Orientation.Horizontal)
+        if hasattr(w, "statusBar"):
+            bar = w.statusBar()
+            restore.append(lambda v=bar.isVisible(): bar.setVisible(v))
+            bar.setVisible(False)
         restore.append(lambda state=w.windowState(): w.setWindowState(state))
         w.setWindowState(w.windowState() | Qt.WindowState.WindowFullScreen)
 
