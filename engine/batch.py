@@ -107,7 +107,9 @@ def _uncertainty(model: LoadedModel, head_input: np.ndarray, options: BatchOptio
     if not model.backend.has_dropout:
         return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
     samples = model.backend.mc_logits(head_input, options.mc_samples, options.seed)
-    return UncertaintySummary.from_logit_samples(samples, options.confidence_threshold), ""
+    # Tempered as analysis.analysis_steps does, so the batch and the viewer agree.
+    return UncertaintySummary.from_logit_samples(samples / model.bundle.temperature,
+                                                 options.confidence_threshold), ""
 
 
 def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
@@ -115,7 +117,7 @@ def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, opti
     """The part of ``Analysis.to_dict()`` a triage computes, under the same keys."""
     uncertainty, note = _uncertainty(model, head_input, options)
     classes = model.bundle.classes
-    probabilities = softmax(logits.astype(np.float64))
+    probabilities = softmax(logits.astype(np.float64) / model.bundle.temperature)
     return {
         "source": str(item.path), "frame": item.frame,
         "model": {"name": model.bundle.name, "version": model.bundle.version}, "engine": model.engine,
@@ -192,7 +194,8 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
     record = BatchRecord(out)
     pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
     root = source if source.is_dir() else source.parent
-    identity = [model.bundle.name, model.bundle.version, model.engine, *options.identity()]
+    identity = [model.bundle.name, model.bundle.version, model.bundle.temperature, model.engine,
+                *options.identity()]
     rows: dict[int, BatchRow] = {}
     todo: list[tuple[int, BatchItem, str]] = []
     for index, item in enumerate(items):

@@ -115,8 +115,13 @@ def test_other_options_or_engines_are_not_mistaken_for_finished_work(tmp_path, i
     assert again.rows[0].confidence is not None
 
 
-def test_the_torch_engine_gives_the_same_rows_one_image_at_a_time(tmp_path, tiny_bundle):
-    model = load_model(tiny_bundle, "torch")
+def test_the_torch_engine_gives_the_same_rows_one_image_at_a_time(tmp_path):
+    from conftest import make_bundle
+
+    # A fitted temperature must shape the batch's figures exactly as it shapes the viewer's.
+    bundle = make_bundle(tmp_path / "tempered", calibration={"temperature": 2.5})
+    model = load_model(bundle, "torch")
+    assert model.bundle.temperature == 2.5
     result = run_batch(STUDY / "demo_nodule.png", tmp_path / "out", model, BatchOptions(mc_samples=8))
     full = analyze(load_image(STUDY / "demo_nodule.png"), model, AnalysisOptions(mc_samples=8))
     (row,) = result.rows
