@@ -56,6 +56,10 @@ class Pseudonymizer:
     def patient_id(self, original: str) -> str:
         return "ANON-" + self._digest("patient", original.strip()).hex()[:12].upper()
 
+    def patient(self, patient_id: str, patient_name: str = "") -> str:
+        """The pseudonym of a patient: from the ID, or from the name where a file has no ID."""
+        return self.patient_id(patient_id or patient_name)
+
     def short(self, kind: str, value: str) -> str:
         """A short stable label (8 hex digits) for a study or series, for tables."""
         return self._digest(kind, value).hex()[:8]
@@ -68,9 +72,7 @@ class Pseudonymizer:
 def anonymize_dataset(ds: Dataset, pseudonyms: Pseudonymizer, *, keep: tuple[str, ...] = ()) -> Dataset:
     """De-identify ``ds`` in place (an export Lantern built, never a source); ``keep`` names
     attributes Lantern wrote itself that must survive (its own description of the export)."""
-    original_id = str(ds.get("PatientID", "") or "")
-    original_name = str(ds.get("PatientName", "") or "")
-    pseudonym = pseudonyms.patient_id(original_id or original_name)
+    pseudonym = pseudonyms.patient(str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or ""))
     ds.PatientID = pseudonym
     ds.PatientName = pseudonym
     _clean(ds, pseudonyms, keep)

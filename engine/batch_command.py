@@ -9,7 +9,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .analysis import Analysis, Progress, load_model
+from pydicom.uid import generate_uid
+
+from .analysis import Analysis, LoadedModel, Progress, load_model
 from .anonymize import Pseudonymizer
 from .batch import BatchOptions, run_batch
 from .batch_record import BatchItem, item_name
@@ -22,16 +24,19 @@ from .report import ReportEntry, render_report, report_entry, study_details, wri
 
 
 class BatchExporter:
-    """Per analysed image: the side-by-side PNG and the DICOM explanation; per study, at the
-    end, one report. Every file gets a fresh name (files.unused_path), written atomically."""
+    """Per analysed image: the side-by-side PNG and the DICOM explanation; per study, one report,
+    written as soon as the batch moves on to the next study (the scan keeps a study's images
+    together), so a large batch never holds more than one study's pictures. Every file gets a
+    fresh name (files.unused_path) and is written atomically."""
 
-    def __init__(self, source: Path, out: Path, *, png: bool, dicom: bool, report: bool, method: str):
+    def __init__(self, source: Path, out: Path, model: LoadedModel, *, png: bool, dicom: bool, report: bool,
+                 method: str):
         self.root = source if source.is_dir() else source.parent
-        self.out = out
+        self.out, self.model = out, model
         self.png, self.dicom, self.report, self.method = png, dicom, report, method
         self.series: dict[str, str] = {}  # source study -> its explanation series (one per study)
         self.counts: dict[str, int] = defaultdict(int)
-        self.studies: dict[str, tuple[str, list[tuple[str, str]], list[ReportEntry]]] = {}
+        self.study: tuple[str, str, list[tuple[str, str]], list[ReportEntry]] | None = None  # uid, title, ...
         self.pseudonyms: Pseudonymizer | None = None
 
     def __call__(self, image: SourceImage, analysis: Analysis, item: BatchItem,
@@ -43,28 +48,30 @@ class BatchExporter:
             picture = side_by_side(image, analysis, self.method)
             written.append(write_bytes_atomic(unused_path(self.out / "png" / f"{name}.png"), encode_png(picture)))
         if self.dicom:
-            from pydicom.uid import generate_uid
-
             series = self.series.setdefault(item.study_uid, generate_uid())
             self.counts[item.study_uid] += 1
             written.append(export_dicom(self.out / "dicom" / f"{name}.dcm", image, analysis, self.method,
                                         series_uid=series, instance_number=self.counts[item.study_uid],
                                         pseudonyms=pseudonyms))
         if self.report:
-            anonymized = pseudonyms.patient_id(item.patient_id) if pseudonyms is not None else None
-            if item.study_uid not in self.studies:
-                self.studies[item.study_uid] = (*study_details(image, anonymized), [])
-            self.studies[item.study_uid][2].append(report_entry(image, analysis, self.method))
+            if self.study is not None and self.study[0] != item.study_uid:
+                written += self.finish()
+            if self.study is None:
+                meta = image.metadata
+                anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name) if pseudonyms else None
+                self.study = (item.study_uid, *study_details(image, anonymized), [])
+            self.study[3].append(report_entry(image, analysis, self.method))
         return written
 
-    def write_reports(self, bundle, engine: str) -> list[Path]:
-        written, pseudonyms = [], self.pseudonyms
-        for study_uid, (title, details, entries) in self.studies.items():
-            label = pseudonyms.short("study", study_uid) if pseudonyms is not None else title.split(": ", 1)[-1]
-            name = re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "study"
-            written.append(write_report(self.out / "reports" / f"{name}.html",
-                                        render_report(title, details, entries, bundle, engine)))
-        return written
+    def finish(self) -> list[Path]:
+        """Write the report of the study in hand, if any."""
+        if self.study is None:
+            return []
+        (study_uid, title, details, entries), self.study = self.study, None
+        label = self.pseudonyms.short("study", study_uid) if self.pseudonyms else title.split(": ", 1)[-1]
+        name = re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "study"
+        html = render_report(title, details, entries, self.model.bundle, self.model.engine)
+        return [write_report(self.out / "reports" / f"{name}.html", html)]
 
 
 def _progress_printer(stream):
@@ -85,13 +92,13 @@ def batch_command(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.engine)
     options = BatchOptions(method=method, mc_samples=args.mc, confidence_threshold=args.threshold,
                            anonymize=args.anonymize)
-    exporter = (BatchExporter(args.source, args.out, png=args.png, dicom=args.dicom, report=args.report,
+    exporter = (BatchExporter(args.source, args.out, model, png=args.png, dicom=args.dicom, report=args.report,
                               method=method) if exporting else None)
     started = time.perf_counter()
     result = run_batch(args.source, args.out, model, options, exporter, progress=_progress_printer(sys.stderr))
     written = list(result.written)
     if exporter is not None:
-        written += exporter.write_reports(model.bundle, model.engine)
+        written += exporter.finish()
     seconds = time.perf_counter() - started
     for path, reason in result.failures:
         print(f"not analysed: {path}: {reason}", file=sys.stderr)

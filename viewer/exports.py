@@ -126,7 +126,7 @@ def write_html_report(path: Path, image, analysis, bundle, method: str, class_in
     from engine.report import render_report, report_entry, study_details, write_report
 
     meta = image.metadata
-    anonymized = pseudonyms.patient_id(meta.patient_id or meta.patient_name) if pseudonyms else None
+    anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name) if pseudonyms else None
     title, details = study_details(image, anonymized)
     html = render_report(title, details, [report_entry(image, analysis, method, class_index)], bundle, analysis.engine)
     return write_report(path, html)
