@@ -168,3 +168,10 @@ def scores_to_dict(scores: Sequence[FaithfulnessScore], classes: Sequence[str]) 
     for score in scores:
         out.setdefault(score.method, {})[classes[score.class_index]] = score.to_dict()
     return out
+
+
+def chance_map(maps: ClassMaps, seed: int = 0) -> np.ndarray:
+    """A random map at the CAM's own resolution, on the input grid: the score a map must beat
+    to be better than chance (a pixel-level random map would be an unfairly noisy rival)."""
+    grid = np.random.default_rng(seed).random((1, *maps.grid.shape[1:])).astype(np.float32)
+    return input_map(ClassMaps("chance", grid, maps.geometry, maps.alignment), 0)

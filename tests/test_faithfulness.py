@@ -1,12 +1,11 @@
 import json
 
-import cv2
 import numpy as np
 import pytest
 
 from engine.analysis import AnalysisOptions, analyze, load_model
 from engine.faithfulness import (
-    DEFAULT_STEPS, FaithfulnessScore, input_map, perturbed_inputs, pixel_order, score_analyses, score_analysis,
+    DEFAULT_STEPS, FaithfulnessScore, chance_map, input_map, perturbed_inputs, pixel_order, score_analyses, score_analysis,
     score_map, scores_to_dict,
 )
 from engine.phantoms import make_phantom
@@ -85,11 +84,6 @@ def _phantom_analyses(model, count=6):
     return analyses
 
 
-def _random_map(seed, shape):
-    # Random at the CAM's own resolution (10 x 10 cells), upsampled like a CAM: a fair chance map.
-    return cv2.resize(np.random.default_rng(seed).random((10, 10)).astype(np.float32), shape[::-1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["onnx-int8", "torch"])
 def test_trained_maps_beat_random_maps_and_the_randomised_models_maps(demo_bundle, engine):
@@ -104,7 +98,7 @@ def test_trained_maps_beat_random_maps_and_the_randomised_models_maps(demo_bundl
     for k, (label, analysis) in enumerate(_phantom_analyses(model)):
         tensor = analysis.model_input.tensor
         real.append(score_analysis(analysis, model.backend, "gradcam", label))
-        chance.append(score_map(model.backend, tensor, _random_map(k, tensor.shape[2:]), label))
+        chance.append(score_map(model.backend, tensor, chance_map(analysis.maps["gradcam"], seed=k), label))
         broken.append(score_map(model.backend, tensor, randomized_map(randomized, analysis.model_input, label), label))
     mean = {name: (np.mean([s.deletion_auc for s in scores]), np.mean([s.insertion_auc for s in scores]))
             for name, scores in (("real", real), ("random", chance), ("randomised model", broken))}

@@ -7,9 +7,10 @@ actions and panels to the main window; this list is the one place that wires the
 from __future__ import annotations
 
 from viewer import evaluation_view, exports, presentation, teaching, worklist
+from viewer import trust_panel
 
 INSTALLERS: list = [teaching.install, presentation.install, evaluation_view.install,
-                    worklist.install, exports.install]
+                    worklist.install, exports.install, trust_panel.install]
 
 
 def install(window) -> None:
