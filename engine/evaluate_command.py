@@ -57,11 +57,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.engine)
     labelled = read_labels(labels_csv, model.bundle.classes)
 
+    live = sys.stderr.isatty()  # a progress line only where it can be redrawn in place
+
     def log(progress) -> None:
-        print(f"\r{progress.stage}", end="", file=sys.stderr, flush=True)
+        if live:
+            print(f"\r{progress.stage}", end="", file=sys.stderr, flush=True)
 
     run = run_to_end(evaluation_steps(labelled, model), log)
-    print(file=sys.stderr)
+    if live:
+        print(file=sys.stderr)
     for case, reason in run.skipped:
         print(f"skipped line {case.line} ({case.path.name}): {reason}", file=sys.stderr)
     temperature = None
