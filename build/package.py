@@ -95,6 +95,7 @@ def fingerprint() -> dict:
         "build": digest([p for p in build if p.is_file()]),
         "bundle": digest([p for p in bundle_files if p.is_file()]),
         "studies": digest([p for p in (ROOT / "resources" / "studies").iterdir() if p.is_file()]),
+        "teaching": digest([p for p in sorted((ROOT / "resources" / "teaching").rglob("*")) if p.is_file()]),
     }
 
 

@@ -475,3 +475,12 @@ def test_an_analysis_that_beats_its_image_to_the_screen_waits_for_it(qtbot, tmp_
     assert order == ["image", "analysis"]
     assert analysis.source == path and window.session.image.source.path == path
     assert window.explained.overlay.isVisible()
+
+
+def test_class_thumbnails_follow_the_window_once_a_drag_settles(qtbot, analysed):
+    before = [b.icon().pixmap(64, 64).toImage() for b in analysed.strip.buttons]
+    center, width = analysed.window_cw
+    analysed.set_window(center + width * 0.4, width * 0.3)
+    qtbot.wait(400)
+    after = [b.icon().pixmap(64, 64).toImage() for b in analysed.strip.buttons]
+    assert all(a != b for a, b in zip(after, before))

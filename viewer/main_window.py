@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
                                QVBoxLayout, QWidget)
@@ -41,6 +41,9 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.hide_identifying = False
         self.class_index = 0
         self._map_cache: dict = {}
+        # Class thumbnails follow the window once a drag settles, not on every mouse move.
+        self._thumbnail_refresh = QTimer(self, singleShot=True, interval=150)
+        self._thumbnail_refresh.timeout.connect(self.refresh_thumbnails)
 
         self.original = Viewport("Original")
         self.explained = Viewport("Explanation")
@@ -231,6 +234,11 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         for viewport in self.all_viewports():
             viewport.set_levels(levels)
         self.update_corners()
+        self._thumbnail_refresh.start()
+
+    def refresh_thumbnails(self) -> None:
+        if self.session.analysis is not None and self.strip.buttons:
+            self.strip.update_thumbnails(self.class_thumbnails())
 
     def drag_window(self, dx: float, dy: float) -> None:
         image = self.session.image

@@ -177,6 +177,21 @@ def check_codecs(report: Report) -> None:
                      ", ".join(decoder.available_plugins) or "no plugin found")
 
 
+def check_teaching_set(report: Report, classes) -> None:
+    """File > Teaching session > Demo teaching set must open in the packaged app too."""
+    from engine.errors import LanternError
+    from engine.labels import read_labels
+    from viewer.teaching import DEMO_TEACHING_SET
+
+    try:
+        cases = read_labels(DEMO_TEACHING_SET, classes).cases
+    except LanternError as exc:
+        report.check(False, "demo teaching set readable", f"{DEMO_TEACHING_SET}: {exc}")
+        return
+    report.check(len(cases) > 0 and all(c.path.is_file() for c in cases), "demo teaching set readable",
+                 f"{len(cases)} cases in {DEMO_TEACHING_SET.parent}")
+
+
 def check_reference(report: Report, model, reference_path: Path, studies: Path) -> None:
     if not reference_path.is_file():
         report.check(False, "reference figures", f"{reference_path} is missing")
@@ -256,6 +271,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
 
     check_reference(report, loaded_model, reference, studies)
     check_codecs(report)
+    check_teaching_set(report, loaded_model.bundle.classes)
     if is_frozen():
         report.check(importlib.util.find_spec("torch") is None, "the package has no torch")
     else:
