@@ -12,7 +12,7 @@ def corner_texts(image, window_cw, zoom: float, hide_identifying: bool) -> dict[
     source = image.source
     meta = source.metadata
     if hide_identifying:
-        top_left = "Patient: hidden (teaching mode)"
+        top_left = "Patient: hidden"  # short: presentation mode doubles the font
         study = "Study date: hidden" if meta.study_date else ""
     else:
         # Absent fields are left out: a PNG has no patient, and dashes would only be noise.
