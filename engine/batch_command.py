@@ -36,14 +36,20 @@ class BatchExporter:
         self.png, self.dicom, self.report, self.method = png, dicom, report, method
         self.series: dict[str, str] = {}  # source study -> its explanation series (one per study)
         self.counts: dict[str, int] = defaultdict(int)
-        self.study: tuple[str, str, list[tuple[str, str]], list[ReportEntry]] | None = None  # uid, title, ...
+        # The study in hand: (file label, title, details, entries), and its UID.
+        self.study: tuple[str, str, list[tuple[str, str]], list[ReportEntry]] | None = None
+        self.study_uid = ""
         self.pseudonyms: Pseudonymizer | None = None
 
     def __call__(self, image: SourceImage, analysis: Analysis, item: BatchItem,
                  pseudonyms: Pseudonymizer | None) -> list[Path]:
         self.pseudonyms = pseudonyms
         written = []
-        name = item_name(item, self.root)
+        if pseudonyms is None:
+            name = item_name(item, self.root)
+        else:  # shared exports must not carry folder or file names, which often name the patient
+            name = f"{pseudonyms.patient(item.patient_id)}_{pseudonyms.short('image', str(item.path.resolve()))}"
+            name += f"-frame{item.frame}" if item.frame else ""
         if self.png:
             picture = side_by_side(image, analysis, self.method)
             written.append(write_bytes_atomic(unused_path(self.out / "png" / f"{name}.png"), encode_png(picture)))
@@ -54,12 +60,17 @@ class BatchExporter:
                                         series_uid=series, instance_number=self.counts[item.study_uid],
                                         pseudonyms=pseudonyms))
         if self.report:
-            if self.study is not None and self.study[0] != item.study_uid:
+            if self.study is not None and self.study_uid != item.study_uid:
                 written += self.finish()
+            self.study_uid = item.study_uid
             if self.study is None:
                 meta = image.metadata
-                anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name) if pseudonyms else None
-                self.study = (item.study_uid, *study_details(image, anonymized), [])
+                if pseudonyms is not None:
+                    anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name)
+                    label = f"{anonymized}_study-{pseudonyms.short('study', item.study_uid)}"
+                else:
+                    anonymized, label = None, "_".join(filter(None, (meta.patient_id, meta.study_date, item.study)))
+                self.study = (label, *study_details(image, anonymized), [])
             self.study[3].append(report_entry(image, analysis, self.method))
         return written
 
@@ -67,8 +78,7 @@ class BatchExporter:
         """Write the report of the study in hand, if any."""
         if self.study is None:
             return []
-        (study_uid, title, details, entries), self.study = self.study, None
-        label = self.pseudonyms.short("study", study_uid) if self.pseudonyms else title.split(": ", 1)[-1]
+        (label, title, details, entries), self.study = self.study, None
         name = re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "study"
         html = render_report(title, details, entries, self.model.bundle, self.model.engine)
         return [write_report(self.out / "reports" / f"{name}.html", html)]

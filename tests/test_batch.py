@@ -167,6 +167,8 @@ def test_cli_batch_writes_worklist_exports_and_lists_failures(mixed_folder, tmp_
         assert "not for primary diagnosis" in html and "data:image/png;base64," in html
         assert "LANTERN-DEMO" not in html and "DEMO^" not in html
     assert snapshot(mixed_folder) == before
+    exported = [p.name for p in (out / "png").iterdir()] + [p.name for p in (out / "dicom").iterdir()]
+    assert all(name.startswith("ANON-") and "demo" not in name for name in exported)
 
 
 def test_a_dicomdir_is_batched_through_the_files_it_lists(tmp_path, int8_model):
