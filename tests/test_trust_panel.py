@@ -127,3 +127,41 @@ def test_calibration_warning_and_an_evaluation_file(nodule_window, tmp_path):
     broken.write_text("{}")
     panel.load_evaluation(broken)
     assert "notes.json: holds no reliability diagram" in panel.status.text()
+
+
+def test_class_cut_off_hides_the_map_with_a_note_and_is_remembered(qtbot, nodule_window, tmp_path):
+    window = nodule_window
+    analysis = window.session.analysis
+    below = int(np.argmin(analysis.probabilities))  # far below the default cut-off of 0.5
+    assert analysis.probabilities[below] < 0.5 <= analysis.probabilities[analysis.predicted]
+    qtbot.mouseClick(window.strip.buttons[below], Qt.MouseButton.LeftButton)
+    assert window.explained.overlay.isVisible()  # shown while the option is off
+    qtbot.mouseClick(window.controls.hide_below_cutoff, Qt.MouseButton.LeftButton)
+    assert window.controls.hide_below_cutoff.isChecked()
+    assert window.explained.overlay.image is None and not window.explained.overlay.isVisible()
+    assert "< cut-off 0.50" in window.explained.corner_labels["top_right"].text()
+    assert "< cut-off 0.50" in window.compare.viewports["gradcam"].corner_labels["top_right"].text()
+    # The predicted class is above its cut-off: its map stays.
+    qtbot.mouseClick(window.strip.buttons[analysis.predicted], Qt.MouseButton.LeftButton)
+    assert window.explained.overlay.isVisible() and window.explained.overlay.image is not None
+    assert "cut-off" not in window.explained.corner_labels["top_right"].text()
+    assert window.settings.get("overlay/hide_below_cutoff") is True
+
+
+def test_gauges_mark_cut_offs_and_warn_that_the_model_was_never_calibrated(nodule_window):
+    results = nodule_window.results
+    xs, _ = results.cutoff_markers.getData()
+    assert list(xs) == [0.5, 0.5, 0.5]
+    assert results.calibration_note.isVisibleTo(results)
+    assert "never been calibrated" in results.calibration_note.text()
+
+
+def test_compare_view_shows_method_agreement(nodule_window):
+    from engine.similarity import method_agreement
+
+    window = nodule_window
+    analysis = window.session.analysis
+    expected = method_agreement(analysis.maps, window.class_index)
+    text = window.compare.agreement.text()
+    assert f"Grad-CAM vs Grad-CAM++: {expected[('gradcam', 'gradcam++')]:+.2f}" in text
+    assert len(expected) == 3 and text.count(" vs ") == 3

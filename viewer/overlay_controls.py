@@ -66,6 +66,9 @@ class OverlayControls(QWidget):
         scale_group.addButton(self.absolute)
         self.normalized.setChecked(True)
         self.contour = QCheckBox("Contours")
+        self.hide_below_cutoff = QCheckBox("Hide below cut-off")
+        self.hide_below_cutoff.setToolTip("Do not show the map of a class whose probability is below its cut-off "
+                                          "(the model does not claim that finding)")
         self.colorbar = ColorBar()
 
         scale_row = QHBoxLayout()
@@ -77,14 +80,17 @@ class OverlayControls(QWidget):
         form.addRow("Colormap", self.colormap)
         form.addRow("Threshold", self.threshold)
         form.addRow("Scale", scale_row)
-        form.addRow("Display", self.contour)
+        display_row = QHBoxLayout()
+        display_row.addWidget(self.contour)
+        display_row.addWidget(self.hide_below_cutoff)
+        form.addRow("Display", display_row)
         self.setMinimumWidth(420)
         layout = QHBoxLayout(self)
         layout.addLayout(form, 1)
         layout.addWidget(self.colorbar)
         for signal in (self.method.currentIndexChanged, self.opacity.valueChanged,
                        self.colormap.currentIndexChanged, self.threshold.valueChanged,
-                       self.normalized.toggled, self.contour.toggled):
+                       self.normalized.toggled, self.contour.toggled, self.hide_below_cutoff.toggled):
             signal.connect(self.changed)
 
     # values --------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.similarity import method_agreement
 from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, overlay_step, thumbnail, thumbnail_step
 
 
@@ -17,13 +18,15 @@ class OverlayMixin:
             signal.connect(lambda *_: self.apply_overlay_style())
         c.method.currentIndexChanged.connect(lambda *_: self.refresh_overlay())
         c.normalized.toggled.connect(lambda *_: self.refresh_overlay())
+        c.hide_below_cutoff.toggled.connect(lambda *_: self.refresh_overlay())
         c.changed.connect(self.save_overlay_settings)
 
     def save_overlay_settings(self) -> None:
         c = self.controls
         for key, value in (("overlay/opacity", c.opacity_value()), ("overlay/colormap", c.colormap.currentText()),
                            ("overlay/method", c.method_key()), ("overlay/threshold", c.threshold_value()),
-                           ("overlay/scale", c.scale()), ("overlay/contour", c.contour.isChecked())):
+                           ("overlay/scale", c.scale()), ("overlay/contour", c.contour.isChecked()),
+                           ("overlay/hide_below_cutoff", c.hide_below_cutoff.isChecked())):
             self.settings.set(key, value)
 
     def current_lut(self) -> np.ndarray:
@@ -51,6 +54,17 @@ class OverlayMixin:
             self._map_cache[key] = (data, top)
         return self._map_cache[key]
 
+    def hidden_reason(self, analysis, class_index: int) -> str:
+        """Why the map of this class is not shown ("" when it is): CheXlocalize's rule, no
+        evidence is drawn for a finding whose probability is below its cut-off."""
+        model = self.session.model
+        if not self.controls.hide_below_cutoff.isChecked() or model is None:
+            return ""
+        cutoff, p = model.bundle.cutoff(class_index), float(analysis.probabilities[class_index])
+        if p >= cutoff:
+            return ""
+        return f"map hidden:\np {p:.2f} < cut-off {cutoff:.2f}"
+
     def set_overlay_data(self, data: np.ndarray | None) -> None:
         self.explained.set_overlay(data)
         self.explained.set_overlay_visible(data is not None and self.overlay_on)
@@ -68,10 +82,14 @@ class OverlayMixin:
         method = self.shown_method(analysis)
         index = min(self.class_index, len(analysis.classes) - 1)
         data, top = self.map_for(analysis, method, index)
-        self.set_overlay_data(data)
+        hidden = self.hidden_reason(analysis, index)
+        self.set_overlay_data(None if hidden else data)
         name = analysis.classes[index]
-        self.explained.set_corner("top_right", f"{METHOD_LABELS.get(method, method)}\nclass: {name}")
-        self.compare.set_maps({m: self.map_for(analysis, m, index)[0] for m in analysis.maps}, name)
+        self.explained.set_corner("top_right", f"{METHOD_LABELS.get(method, method)}\nclass: {name}"
+                                               + (f"\n⚠ {hidden}" if hidden else ""))
+        self.compare.set_maps({m: None if hidden else self.map_for(analysis, m, index)[0] for m in analysis.maps},
+                              name, hidden)
+        self.compare.set_agreement(method_agreement(analysis.maps, index), name)
         unit = "(per-class peak = 1)" if self.controls.scale() == "normalized" else "(logit units)"
         self.controls.colorbar.set_range(0.0, top)
         self.controls.colorbar.setToolTip(f"Map value {unit}")
@@ -88,7 +106,9 @@ class OverlayMixin:
         lut, opacity = self.current_lut(), max(self.controls.opacity_value(), 0.35)
         levels = self.current_levels() or (0, 65535)
         step = thumbnail_step(image.display.data.shape)
-        return [thumbnail(image.display.data, levels, self.map_for(analysis, method, i, step)[0], lut, opacity)
+        return [thumbnail(image.display.data, levels,
+                          None if self.hidden_reason(analysis, i) else self.map_for(analysis, method, i, step)[0],
+                          lut, opacity)
                 for i in range(len(analysis.classes))]
 
     def apply_overlay_style(self, thumbnails: bool = True) -> None:

@@ -7,12 +7,14 @@ from PySide6.QtCore import QRectF
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from viewer import theme
 from viewer.display import METHOD_LABELS, METHODS, DisplayImage
 from viewer.viewport import Viewport, link
 
 # Tag groups/elements that identify a person or place; hidden in teaching mode.
 IDENTIFYING_PREFIXES = ("(0010,", "(0008,0080)", "(0008,0081)", "(0008,0090)", "(0008,1050)",
                         "(0008,1070)", "(0032,1032)", "(0008,0050)", "(0020,0010)")
+AGREEMENT_LOW = 0.5  # below this rank correlation two methods order the image differently
 
 
 class CompareView(QWidget):
@@ -21,12 +23,19 @@ class CompareView(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewports = {m: Viewport(METHOD_LABELS[m]) for m in METHODS}
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        self.agreement = QLabel()
+        self.agreement.setWordWrap(True)
+        self.agreement.setToolTip("Spearman rank correlation between two methods' maps of the shown class, on the "
+                                  "model's grid: 1 = same order of importance, 0 = unrelated, < 0 = opposite")
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        layout = QHBoxLayout()
         layout.setSpacing(2)
         for viewport in self.viewports.values():
             viewport.set_overlay_visible(True)
             layout.addWidget(viewport)
+        column.addLayout(layout, 1)
+        column.addWidget(self.agreement)
         first, *rest = self.viewports.values()
         link(first, *rest)
 
@@ -42,11 +51,24 @@ class CompareView(QWidget):
         for viewport in self.viewports.values():
             viewport.set_invert(invert)
 
-    def set_maps(self, maps: dict[str, np.ndarray | None], class_name: str) -> None:
+    def set_maps(self, maps: dict[str, np.ndarray | None], class_name: str, hidden: str = "") -> None:
         for method, viewport in self.viewports.items():
             viewport.set_overlay(maps.get(method))
-            missing = "" if maps.get(method) is not None else " (not computed)"
-            viewport.set_corner("top_right", f"{METHOD_LABELS[method]}{missing}\nclass: {class_name}")
+            missing = "" if maps.get(method) is not None or hidden else " (not computed)"
+            note = f"\n⚠ {hidden}" if hidden else ""
+            viewport.set_corner("top_right", f"{METHOD_LABELS[method]}{missing}\nclass: {class_name}{note}")
+
+    def set_agreement(self, pairs: dict[tuple[str, str], float], class_name: str) -> None:
+        """How alike the methods' maps of the shown class are; low agreement is marked, since
+        then at most one of them can be showing the model's evidence faithfully."""
+        if not pairs:
+            self.agreement.setText("")
+            return
+        parts = [f"{METHOD_LABELS.get(a, a)} vs {METHOD_LABELS.get(b, b)}: {rho:+.2f}" for (a, b), rho in pairs.items()]
+        low = min(pairs.values()) < AGREEMENT_LOW
+        self.agreement.setText(f"Method agreement for '{class_name}' (rank correlation): " + " · ".join(parts)
+                               + ("  ⚠ the methods disagree: compare before trusting any one of them" if low else ""))
+        self.agreement.setStyleSheet(f"color: {theme.WARNING};" if low else "")
 
     def set_style(self, lut, opacity: float) -> None:
         for viewport in self.viewports.values():

@@ -9,6 +9,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from engine.calibration import calibration_status
+from engine.errors import LanternError
 from viewer import theme
 
 DEMO_NOTICE = "Synthetic demo model: not for diagnosis"
@@ -77,6 +79,14 @@ class ResultsPanel(QWidget):
         self.errors = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), pen=pg.mkPen("#ffffff", width=2), beam=0.25)
         self.probability_plot.addItem(self.bars)
         self.probability_plot.addItem(self.errors)
+        # Each class's operating point (the bundle's cut-off) on its bar.
+        self.cutoff_markers = pg.ScatterPlotItem(symbol="|", size=22, pen=pg.mkPen(theme.WARNING, width=3))
+        self.probability_plot.addItem(self.cutoff_markers)
+        self.cutoffs: list[float] = []
+        self.calibration_note = QLabel()
+        self.calibration_note.setObjectName("flag")
+        self.calibration_note.setWordWrap(True)
+        self.calibration_note.setVisible(False)
 
         self.confidence = Gauge("Confidence", 1.0, marker=True)
         self.entropy = Gauge("Predictive entropy", 1.0)
@@ -99,7 +109,7 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.prediction)
         layout.addLayout(self.class_box)
         layout.addWidget(self.probability_plot)
-        for widget in (self.confidence, self.flag, self.entropy, self.mutual_info, self.note):
+        for widget in (self.confidence, self.flag, self.calibration_note, self.entropy, self.mutual_info, self.note):
             layout.addWidget(widget)
         layout.addWidget(self.model_info)
         layout.addStretch(1)
@@ -110,6 +120,7 @@ class ResultsPanel(QWidget):
         for label in self.class_labels:
             label.setText("")
         self.bars.setOpts(x0=[], y=[], height=[], width=[])
+        self.cutoff_markers.setData(x=[], y=[])
         self.errors.setData(x=np.zeros(0), y=np.zeros(0), left=np.zeros(0), right=np.zeros(0))
         for gauge in (self.confidence, self.entropy, self.mutual_info):
             gauge.setVisible(False)
@@ -122,6 +133,13 @@ class ResultsPanel(QWidget):
         if bundle.intended_use:
             lines.append(f"Intended use: {bundle.intended_use}")
         self.model_info.setText("\n".join(lines))
+        self.cutoffs = [bundle.cutoff(i) for i in range(bundle.num_classes)]
+        try:
+            warning = calibration_status(bundle).warning
+        except LanternError as exc:
+            warning = exc.message
+        self.calibration_note.setText(f"⚠ {warning}" if warning else "")
+        self.calibration_note.setVisible(bool(warning))
 
     def _ensure_labels(self, n: int) -> None:
         while len(self.class_labels) < n:
@@ -148,6 +166,9 @@ class ResultsPanel(QWidget):
         colors = [theme.ACCENT if i == analysis.predicted else "#5d6b78" for i in range(n)]
         self.bars.setOpts(x0=np.zeros(n), y=ys, height=np.full(n, 0.6), width=probs, brushes=colors)
         self.errors.setData(x=probs, y=ys, left=std, right=std, beam=0.25)
+        if len(self.cutoffs) == n:
+            self.cutoff_markers.setData(x=self.cutoffs, y=ys)
+            self.cutoff_markers.setToolTip("Cut-offs: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, self.cutoffs)))
         self.probability_plot.setFixedHeight(30 + 26 * n)
         self.probability_plot.setYRange(-0.6, n - 0.4, padding=0)
         self.probability_plot.getAxis("left").setTicks([[(float(y), c) for y, c in zip(ys, classes)]])

@@ -24,6 +24,7 @@ DEFAULTS = {
     "overlay/threshold": 0.2,
     "overlay/scale": "normalized",
     "overlay/contour": False,
+    "overlay/hide_below_cutoff": False,
     "engine": "auto",
     "model": "",
     "last_folder": "",

@@ -292,6 +292,7 @@ class TrustPanel(QWidget):
 
 def install(window) -> None:
     panel = window.trust_panel = TrustPanel(window)
+    window.controls.hide_below_cutoff.setChecked(bool(window.settings.get("overlay/hide_below_cutoff")))
     dock = QDockWidget("Trust checks", window)
     dock.setObjectName("Trust checks")
     dock.setWidget(panel)
