@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc", type=int, default=20, help="Monte-Carlo dropout samples (0: none)")
     p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame file (from 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faithfulness", choices=("predicted", "all"), default=None,
+                   help="also score the maps' faithfulness (deletion/insertion AUC, docs/trust.md) for the "
+                        "predicted class or all classes, into result.json")
 
     _add_batch_parser(sub)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .analysis import AnalysisOptions, analyze, load_model
 from .errors import LanternError, ModelBundleError
+from .faithfulness import score_analyses, scores_to_dict
 from .files import unused_path, write_bytes_atomic, write_json_atomic
 from .images import load_image
 from .overlay import encode_png, render_overlay
@@ -38,6 +39,9 @@ def explain_files(args: argparse.Namespace) -> int:
         stem = path.stem + (f"-frame{args.frame}" if image.n_frames > 1 else "")
         folder = unused_path(args.out / stem)
         record = result.to_dict() | {"method": args.method}
+        if getattr(args, "faithfulness", None):
+            scores = score_analyses([result], model, classes=args.faithfulness)[0]
+            record["faithfulness"] = scores_to_dict(scores, result.classes)
         written = [write_json_atomic(folder / "result.json", record)]
         maps = next(iter(result.maps.values()))
         for index, name in enumerate(result.classes):

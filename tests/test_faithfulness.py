@@ -128,3 +128,16 @@ def test_input_map_covers_the_model_input(demo_bundle):
     on_input = input_map(maps, 1)
     assert on_input.shape == tuple(model.bundle.input.size)
     assert on_input.max() == pytest.approx(maps.grid[1].max(), rel=1e-3)
+
+
+def test_explain_writes_faithfulness_into_result_json(demo_bundle, demo_studies, tmp_path):
+    from engine.cli import main
+
+    code = main(["explain", str(demo_studies / "demo_nodule.dcm"), "--out", str(tmp_path), "--model",
+                 str(demo_bundle), "--engine", "onnx-int8", "--mc", "0", "--faithfulness", "predicted"])
+    assert code == 0
+    record = json.loads((tmp_path / "demo_nodule" / "result.json").read_text())
+    score = record["faithfulness"]["gradcam"][record["predicted_class"]]
+    assert list(record["faithfulness"]["gradcam"]) == [record["predicted_class"]]
+    assert 0.0 <= score["deletion_auc"] <= 1.0 and 0.0 <= score["insertion_auc"] <= 1.0
+    assert len(score["deletion_curve"]) == DEFAULT_STEPS + 1
