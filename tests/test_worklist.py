@@ -179,3 +179,15 @@ def test_export_without_an_analysis_explains_why(qtbot, window, tmp_path, monkey
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: pytest.fail("no dialog expected"))
     window.actions_["export_dicom"].trigger()
     assert "Nothing to export" in window.status_text.text()
+
+
+def test_closing_the_window_stops_a_running_worklist(qtbot, window, tmp_path):
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(60):
+        shutil.copy(STUDY / "demo_normal.dcm", big / f"copy{i:02d}.dcm")
+    window.worklist.run(big)
+    window.close()
+    assert not window.worklist.running
+    assert window.session.runner.wait(TIMEOUT)
+

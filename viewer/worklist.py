@@ -11,20 +11,16 @@ import hashlib
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, QStandardPaths, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QEvent, QObject, QStandardPaths, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDockWidget, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableView,
                                QVBoxLayout, QWidget)
 
 from viewer import logs
 from viewer.menus import menu_named
+from viewer.worklist_table import COLUMNS, FLAGGED_COLUMN, WorklistFilter, WorklistModel
 
 log = logging.getLogger("lantern.worklist")
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-COLUMNS = ("Patient", "Study", "Image", "Predicted", "Probability", "Confidence", "Flagged")
-FLAGGED_COLUMN = COLUMNS.index("Flagged")
-TEXT_COLUMNS = (0, 1, 2, 3)
 
 
 def output_folder(root: Path, source: Path) -> Path:
@@ -36,92 +32,6 @@ def output_folder(root: Path, source: Path) -> Path:
 def default_output_root() -> Path:
     location = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
     return Path(location) / "worklists"
-
-
-class WorklistModel(QAbstractTableModel):
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.rows: list = []  # engine.batch_record.BatchRow
-
-    def set_rows(self, rows) -> None:
-        self.beginResetModel()
-        self.rows = list(rows)
-        self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section]
-        return None
-
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        row, column = self.rows[index.row()], index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(row, column)
-        if role == SORT_ROLE:
-            return self._sort_key(row, column)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return f"{row.path}" + (f", frame {row.frame + 1}" if row.frame else "")
-        if role == Qt.ItemDataRole.ForegroundRole and row.flagged:
-            return QColor("#ff8a80")
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (4, 5):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    @staticmethod
-    def _text(row, column: int) -> str:
-        image = row.path.name + (f" [{row.frame + 1}]" if row.frame else "")
-        confidence = "—" if row.confidence is None else f"{row.confidence:.2f}"
-        values = (row.patient_id or "—", row.study or "—", image, row.predicted_class, f"{row.probability:.1%}",
-                  confidence, "⚑ flagged" if row.flagged else "")
-        return values[column]
-
-    @staticmethod
-    def _sort_key(row, column: int):
-        confidence = 1.0 if row.confidence is None else row.confidence
-        if column == FLAGGED_COLUMN:
-            # Flagged first when sorted descending, the least confident of each group first.
-            return (1.0 if row.flagged else 0.0) + (1.0 - confidence) / 2
-        if column == 4:
-            return row.probability
-        if column == 5:
-            return confidence
-        return WorklistModel._text(row, column).lower()
-
-
-class WorklistFilter(QSortFilterProxyModel):
-    """Free text over patient, study, image and class; optionally flagged rows only."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.text = ""
-        self.flagged_only = False
-        self.setSortRole(SORT_ROLE)
-
-    def set_text(self, text: str) -> None:
-        self.beginFilterChange()
-        self.text = text.strip().lower()
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-
-    def set_flagged_only(self, on: bool) -> None:
-        self.beginFilterChange()
-        self.flagged_only = bool(on)
-        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-
-    def filterAcceptsRow(self, source_row: int, source_parent) -> bool:
-        row = self.sourceModel().rows[source_row]
-        if self.flagged_only and not row.flagged:
-            return False
-        if not self.text:
-            return True
-        return any(self.text in WorklistModel._text(row, c).lower() for c in TEXT_COLUMNS)
 
 
 class WorklistPanel(QWidget):
@@ -271,8 +181,22 @@ class WorklistPanel(QWidget):
             session.show_index(proxy_row, row.frame)
 
 
+class _CancelOnClose(QObject):
+    """A running batch stops when the main window closes, rather than keeping the app alive."""
+
+    def __init__(self, panel: WorklistPanel):
+        super().__init__(panel)
+        self.panel = panel
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Close:
+            self.panel.cancel()
+        return False
+
+
 def install(window) -> None:
     panel = WorklistPanel(window)
+    window.installEventFilter(_CancelOnClose(panel))
     dock = QDockWidget("Worklist", window)
     dock.setObjectName("Worklist")
     dock.setWidget(panel)
