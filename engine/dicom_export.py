@@ -71,7 +71,7 @@ def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | No
         if header is not None and keyword in header:
             setattr(ds, keyword, header.data_element(keyword).value)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientOrientation"):
         if keyword not in ds:
             setattr(ds, keyword, "")  # Type 2: present, maybe empty
     if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
