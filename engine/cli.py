@@ -1,5 +1,5 @@
 """``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo, export,
-quantize, evaluate)."""
+quantize, evaluate, batch)."""
 
 from __future__ import annotations
 
