@@ -11,13 +11,11 @@ import logging
 import os
 import struct
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import (
@@ -36,19 +34,25 @@ from pydicom.uid import (
 )
 
 from engine.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
-from engine.images import DicomTag, ImageMetadata, SourceImage, Window, percentile_window
+from engine.dicom_header import (
+    PIXEL_TAGS,
+    UNDEFINED_LENGTH,
+    PixelElement,
+    describe_non_image,
+    functional_item,
+    image_metadata,
+    int_attr,
+    number_of_frames,
+    tag_rows,
+)
+from engine.images import SourceImage, Window, percentile_window
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 1 << 30  # the decoded frame, as float32 (or uint8 RGB)
 MAX_DECLARED_BYTES = 1 << 31  # all frames as the header declares them, stored size
 
-_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
-_MAX_VALUE_CHARS = 120
 _DEFER_BYTES = 16 << 20  # header values this big (private blobs) are only read if used
-_MAX_TAG_ROWS = 5000  # enhanced multi-frame headers can hold millions of elements
 
 # First (group) values of a DICOM data set written without preamble or file meta.
 _RAW_DATASET_GROUPS = {0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
@@ -62,16 +66,6 @@ def looks_like_dicom(head: bytes) -> bool:
         return False
     group_le, group_be = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
     return group_le in _RAW_DATASET_GROUPS or group_be in _RAW_DATASET_GROUPS
-
-
-@dataclass(frozen=True)
-class PixelElement:
-    """Where the pixel data element's value starts in the file, and its declared length."""
-
-    keyword: str
-    vr: str | None
-    value_offset: int
-    length: int | None  # None = undefined length (encapsulated)
 
 
 def load_dicom(path: Path, frame: int) -> SourceImage:
@@ -163,7 +157,7 @@ def _read_whole(path: Path, f: BinaryIO) -> Dataset:
 
 
 def _element_in_dataset(ds: Dataset) -> PixelElement | None:
-    for tag, keyword in _PIXEL_TAGS.items():
+    for tag, keyword in PIXEL_TAGS.items():
         if tag in ds:
             elem = ds[tag]
             length = None if elem.is_undefined_length else len(elem.value or b"")
@@ -188,7 +182,7 @@ def _locate_pixel_element(f: BinaryIO, ds: Dataset, header_end: int) -> PixelEle
     endian = "<" if little else ">"
     group, elem = struct.unpack(f"{endian}HH", head[:4])
     tag = (group << 16) | elem
-    if tag not in _PIXEL_TAGS:
+    if tag not in PIXEL_TAGS:
         return None
     if not implicit and not head[4:6].isalpha():
         implicit = True  # declared explicit, written implicit: no VR letters after the tag
@@ -203,35 +197,17 @@ def _locate_pixel_element(f: BinaryIO, ds: Dataset, header_end: int) -> PixelEle
             raise EOFError("pixel data element header cut short")
         (length,) = struct.unpack(f"{endian}L", extra)
         value_offset = header_end + 12
-    return PixelElement(_PIXEL_TAGS[tag], vr, value_offset, None if length == _UNDEFINED_LENGTH else length)
-
-
-def number_of_frames(ds: Dataset) -> int:
-    try:
-        n = int(ds.get("NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        n = 1
-    return max(n, 1)
-
-
-def _int_attr(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
+    return PixelElement(PIXEL_TAGS[tag], vr, value_offset, None if length == UNDEFINED_LENGTH else length)
 
 
 def _check_sizes(path: Path, ds: Dataset, element: PixelElement, file_size: int | None) -> None:
     """Refuse, before any allocation, headers that declare more than memory or the file holds."""
-    rows, cols = _int_attr(ds, "Rows"), _int_attr(ds, "Columns")
-    bits = _int_attr(ds, "BitsAllocated")
+    rows, cols = int_attr(ds, "Rows"), int_attr(ds, "Columns")
+    bits = int_attr(ds, "BitsAllocated")
     if not rows or not cols or not bits:
         missing = [k for k, v in (("Rows", rows), ("Columns", cols), ("BitsAllocated", bits)) if not v]
         raise ImageLoadError(f"the image header is incomplete (missing {', '.join(missing)})", path)
-    samples = _int_attr(ds, "SamplesPerPixel", 1) or 1
+    samples = int_attr(ds, "SamplesPerPixel", 1) or 1
     frames = number_of_frames(ds)
     pixels = rows * cols * samples
     declared = pixels * frames * bits / 8
@@ -301,17 +277,6 @@ def _decode(path: Path, src, tsyntax: UID, frame: int, element: PixelElement, ds
 # --- pixels -> SourceImage -----------------------------------------------------------------
 
 
-def _functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
-    """The per-frame (else shared) functional group item of an enhanced multi-frame image."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        seq = ds.get(groups)
-        if seq and len(seq) > index:
-            inner = seq[index].get(sequence)
-            if inner:
-                return inner[0]
-    return None
-
-
 _PIXEL_MODULE_KEYWORDS = (
     "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
     "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
@@ -326,7 +291,7 @@ def _frame_pixel_module(ds: Dataset, frame: int) -> Dataset:
     for keyword in _PIXEL_MODULE_KEYWORDS:
         if keyword in ds:
             small[keyword] = ds[keyword]
-    transform = _functional_item(ds, frame, "PixelValueTransformationSequence")
+    transform = functional_item(ds, frame, "PixelValueTransformationSequence")
     if transform is not None and "RescaleSlope" in transform and "RescaleIntercept" in transform:
         small.RescaleSlope = transform.RescaleSlope
         small.RescaleIntercept = transform.RescaleIntercept
@@ -334,20 +299,20 @@ def _frame_pixel_module(ds: Dataset, frame: int) -> Dataset:
 
 
 def _stored_range(ds: Dataset) -> tuple[int, int]:
-    bits = _int_attr(ds, "BitsStored") or _int_attr(ds, "BitsAllocated") or 16
-    if _int_attr(ds, "PixelRepresentation", 0) == 1:
+    bits = int_attr(ds, "BitsStored") or int_attr(ds, "BitsAllocated") or 16
+    if int_attr(ds, "PixelRepresentation", 0) == 1:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
 
 
 def padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
     """True where the stored value is Pixel Padding (Value, or the range up to the Limit)."""
-    value = _int_attr(ds, "PixelPaddingValue")
+    value = int_attr(ds, "PixelPaddingValue")
     if value is None or raw.dtype.kind not in "iu":
         return None
-    limit = _int_attr(ds, "PixelPaddingRangeLimit")
-    bits = _int_attr(ds, "BitsAllocated") or 16
-    signed = _int_attr(ds, "PixelRepresentation", 0) == 1
+    limit = int_attr(ds, "PixelPaddingRangeLimit")
+    bits = int_attr(ds, "BitsAllocated") or 16
+    signed = int_attr(ds, "PixelRepresentation", 0) == 1
 
     def as_stored(v: int) -> int:  # an SS value read as US (implicit VR) wraps around
         return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
@@ -363,7 +328,7 @@ def padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
 
 def _file_window(ds: Dataset, frame: int) -> Window | None:
     """The first VOI the file declares, in modality units; from a VOI LUT if that is all."""
-    voi = _functional_item(ds, frame, "FrameVOILUTSequence") or ds
+    voi = functional_item(ds, frame, "FrameVOILUTSequence") or ds
     center, width = voi.get("WindowCenter"), voi.get("WindowWidth")
     if center is not None and width is not None:
         try:
@@ -425,7 +390,7 @@ def _to_rgb8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     if photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
         arr = convert_color_space(arr, photometric, "RGB")
     if arr.dtype != np.uint8:
-        bits = _int_attr(ds, "BitsStored") or arr.dtype.itemsize * 8
+        bits = int_attr(ds, "BitsStored") or arr.dtype.itemsize * 8
         shift = max(bits - 8, 0)
         arr = np.clip(arr.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
@@ -463,157 +428,3 @@ def _to_source_image(path, ds, arr, photometric, frame, element, tsyntax) -> Sou
         padding_mask=mask,
     )
 
-
-# --- metadata --------------------------------------------------------------------------------
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword, "")
-    except Exception as exc:  # a malformed value must not cost the whole image
-        log.debug("unreadable %s: %s", keyword, exc)
-        return ""
-    return "" if value is None else str(value).strip()
-
-
-def _spacing(ds: Dataset, frame: int) -> tuple[float, float] | None:
-    measures = _functional_item(ds, frame, "PixelMeasuresSequence")
-    for source, keyword in ((ds, "PixelSpacing"), (measures, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
-        if source is None:
-            continue
-        value = source.get(keyword)
-        try:
-            if value is not None and len(value) == 2:
-                row, col = float(value[0]), float(value[1])
-                if row > 0 and col > 0:
-                    return row, col
-        except (TypeError, ValueError):
-            continue
-    return None
-
-
-def image_metadata(ds: Dataset, frame: int = 0) -> ImageMetadata:
-    return ImageMetadata(
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        series_description=_text(ds, "SeriesDescription"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        photometric=_text(ds, "PhotometricInterpretation"),
-        pixel_spacing=_spacing(ds, frame),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        instance_number=_int_attr(ds, "InstanceNumber"),
-        rows=_int_attr(ds, "Rows", 0) or 0,
-        columns=_int_attr(ds, "Columns", 0) or 0,
-        frames=number_of_frames(ds),
-    )
-
-
-def _shorten(text: str) -> str:
-    text = text.replace("\r", " ").replace("\n", " ")
-    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 1] + "…"
-
-
-def _value_text(elem) -> str:
-    if elem.VR in _BINARY_VRS or isinstance(elem.value, (bytes, bytearray)):
-        size = elem.length if elem.length != _UNDEFINED_LENGTH else len(elem.value or b"")
-        return f"<{size} bytes of binary data>"
-    value = elem.value
-    if isinstance(value, pydicom.multival.MultiValue):
-        return _shorten("\\".join(str(v) for v in value))
-    return _shorten("" if value is None else str(value))
-
-
-def _tag_text(tag) -> str:
-    return f"({tag.group:04X},{tag.element:04X})"
-
-
-def tag_rows(ds: Dataset, element: PixelElement | None = None, tsyntax: UID | None = None) -> tuple[DicomTag, ...]:
-    """Every element as one row, sequence items indented with "> " per level; no pixel bytes."""
-    rows: list[DicomTag] = []
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None:
-        _append_rows(rows, meta, depth=0)
-    _append_rows(rows, ds, depth=0)
-    if element is not None:
-        length = "undefined length" if element.length is None else f"{element.length} bytes"
-        how = f", {tsyntax.name}" if tsyntax is not None else ""
-        tag = next(t for t, k in _PIXEL_TAGS.items() if k == element.keyword)
-        rows.append(DicomTag(f"({tag >> 16:04X},{tag & 0xFFFF:04X})", element.keyword, element.vr or "",
-                             f"<pixel data: {length}{how}>"))
-    return tuple(rows)
-
-
-def _append_rows(rows: list[DicomTag], ds: Dataset, depth: int) -> None:
-    prefix = "> " * depth
-    for tag in ds.keys():
-        if len(rows) >= _MAX_TAG_ROWS:
-            if not rows[-1].value.startswith("<list shortened"):
-                rows.append(DicomTag("", "", "", f"<list shortened to {_MAX_TAG_ROWS} rows>"))
-            return
-        raw = ds.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH):
-            # A deferred (very large) value: summarise it without reading it.
-            vr = str(raw.VR or "")
-            keyword = "" if tag.is_private else pydicom.datadict.keyword_for_tag(tag)
-            rows.append(DicomTag(prefix + _tag_text(tag), keyword, vr, f"<{raw.length} bytes, not read>"))
-            continue
-        try:
-            elem = ds[tag]
-        except Exception as exc:  # unreadable value: show why instead of hiding the row
-            rows.append(DicomTag(prefix + _tag_text(tag), "", "", f"<unreadable: {exc}>"))
-            continue
-        keyword = "" if elem.tag.is_private else elem.keyword
-        if elem.VR == "SQ":
-            items = elem.value or []
-            rows.append(DicomTag(prefix + _tag_text(elem.tag), keyword, "SQ", f"{len(items)} item(s)"))
-            for number, item in enumerate(items, start=1):
-                rows.append(DicomTag(prefix + "> (FFFE,E000)", "Item", "", f"#{number}"))
-                _append_rows(rows, item, depth + 1)
-            continue
-        try:
-            value = _value_text(elem)
-        except Exception as exc:
-            value = f"<unreadable: {exc}>"
-        rows.append(DicomTag(prefix + _tag_text(elem.tag), keyword, str(elem.VR), value))
-
-
-# --- what a file without pixels holds --------------------------------------------------------
-
-_KIND_BY_WORD = (
-    ("Media Storage Directory", "a DICOMDIR (the index of a DICOM folder): open the folder instead"),
-    ("SR Storage", "a structured report"),
-    ("Waveform", "a waveform (ECG or other signal)"),
-    ("ECG", "a waveform (ECG)"),
-    ("RT Plan", "an RT Plan (radiotherapy plan)"),
-    ("RT Ion Plan", "an RT Ion Plan (radiotherapy plan)"),
-    ("Color Palette", "a colour palette (a lookup table for other images)"),
-    ("RT Structure Set", "an RT Structure Set (contours)"),
-    ("RT Dose", "an RT Dose without dose grid"),
-    ("Presentation State", "a presentation state (display settings for other images)"),
-    ("Encapsulated PDF", "a PDF document"),
-    ("Key Object Selection", "a key object selection (a list of flagged images)"),
-    ("Raw Data", "raw acquisition data"),
-    ("Spectroscopy", "spectroscopy data"),
-    ("Segmentation", "a segmentation without pixel data"),
-)
-
-
-def describe_non_image(ds: Dataset) -> str:
-    """Plain words for a DICOM file with no pixel data, from its SOP Class when known."""
-    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-    name = UID(sop_class).name if sop_class else ""
-    if "DirectoryRecordSequence" in ds:
-        name = name or "Media Storage Directory Storage"
-    for word, kind in _KIND_BY_WORD:
-        if word in name:
-            return f"this DICOM file holds {kind}, not an image"
-    if name.endswith("Image Storage"):
-        return f"this DICOM file is a {name.removesuffix(' Storage')} without pixel data (stripped?)"
-    if name and name != sop_class:
-        return f"this DICOM file holds a '{name.removesuffix(' Storage')}' object, not an image"
-    return "this DICOM file holds no pixel data (it is not an image)"

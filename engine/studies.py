@@ -24,7 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-from engine.dicom import describe_non_image, looks_like_dicom, number_of_frames
+from engine.dicom import looks_like_dicom
+from engine.dicom_header import describe_non_image, number_of_frames
 from engine.images import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
