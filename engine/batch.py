@@ -186,7 +186,10 @@ def _raise_failed_writes(writes: list[Future]) -> None:
 
 
 def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
-                on_analysis: Exporter | None = None) -> Generator[Progress, None, BatchResult]:
+                on_analysis: Exporter | None = None,
+                on_row: Callable[[BatchRow], None] | None = None) -> Generator[Progress, None, BatchResult]:
+    """``on_row`` hears of every row as soon as it is known (reused ones first), on the thread
+    running the batch: a worklist fills while the batch runs."""
     source, out = Path(source), Path(out)
     check_output_folder(source, out)
     items, failures = batch_items(source)
@@ -209,6 +212,9 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
         else:
             todo.append((index, item, key))
     reused, written, claimed, writes = len(rows), [], set(), []
+    report_row = on_row or (lambda _row: None)
+    for index in sorted(rows):
+        report_row(rows[index])
     chunks = [todo[start : start + options.chunk] for start in range(0, len(todo), options.chunk)]
     yield Progress(f"{reused} already analysed, {len(todo)} to go", 0, max(len(todo), 1))
     loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
@@ -224,6 +230,7 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
             for index, item, key, data in _analyse(loaded, model, options, on_analysis, pseudonyms, written):
                 target = _fresh_path(out / "results" / f"{item_name(item, root)}.json", claimed)
                 rows[index] = make_row(item, data, target.relative_to(out).as_posix(), pseudonyms)
+                report_row(rows[index])
                 writes.append(writer.submit(_write_result, record, key, rows[index], target, data))
             if time.monotonic() - last_save > SAVE_EVERY_S:
                 writes.append(writer.submit(record.save))

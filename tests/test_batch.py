@@ -182,3 +182,26 @@ def test_a_dicomdir_is_batched_through_the_files_it_lists(tmp_path, int8_model):
     result = run_batch(media / "DICOMDIR", tmp_path / "out", int8_model)
     assert sorted(r.predicted_class for r in result.rows) == ["effusion", "nodule"]
     assert result.failures == ()
+
+
+def test_rows_are_reported_as_they_are_made_reused_ones_first(mixed_folder, tmp_path, int8_model):
+    out = tmp_path / "out"
+    run_batch(mixed_folder / "sub", out, int8_model)  # the multi-frame file and the PNG: 4 rows
+    heard = []
+    steps = batch_steps(mixed_folder, tmp_path / "out2", int8_model, BatchOptions(chunk=2), on_row=heard.append)
+    next(steps)
+    assert heard == []
+    next(steps)
+    assert 1 <= len(heard) <= 2  # the first chunk's rows, before the batch is over
+    steps.close()
+    again = []
+    result = None
+    steps = batch_steps(mixed_folder / "sub", out, int8_model, on_row=again.append)
+    next(steps)
+    assert len(again) == 4  # everything reused is reported at once, before any new work
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        result = done.value
+    assert [r.path for r in again] == [r.path for r in result.rows]

@@ -120,6 +120,8 @@ def test_a_running_worklist_can_be_cancelled(qtbot, window, tmp_path):
         shutil.copy(STUDY / "demo_nodule.dcm", big / f"copy{i:02d}.dcm")
     panel = window.worklist
     panel.run(big)
+    qtbot.waitUntil(lambda: panel.model.rowCount() > 0, timeout=TIMEOUT)  # the table fills as it goes
+    assert panel.running
     panel.cancel_button.click()
     assert not panel.running and not panel.cancel_button.isVisible()
     assert "Cancelled" in panel.status.text()

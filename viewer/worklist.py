@@ -42,6 +42,7 @@ class WorklistPanel(QWidget):
         self.source: Path | None = None
         self.failures: tuple = ()
         self._request: int | None = None
+        self._live: list = []
         self.model = WorklistModel(self)
         self.proxy = WorklistFilter(self)
         self.proxy.setSourceModel(self.model)
@@ -67,6 +68,7 @@ class WorklistPanel(QWidget):
         self.open_button = QPushButton("Open folder…")
         self.open_button.clicked.connect(self.choose_folder)
         self.progress = QProgressBar()
+        self.progress.setMinimumWidth(180)
         self.progress.setVisible(False)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
@@ -100,6 +102,9 @@ class WorklistPanel(QWidget):
             self.window.show_error("Open a model bundle first: the worklist analyses with the loaded model.")
             return
         self.cancel()
+        self.model.set_rows([])
+        live: list = []  # rows as the batch makes them (appended on its thread, read here)
+        self._live = live
         source = Path(source)
         logs.register_path(source)
         self.source = source
@@ -108,7 +113,7 @@ class WorklistPanel(QWidget):
         folder, engine_name = model.bundle.folder, model.engine
         # The batch opens its own engine: the reading session's analyses keep theirs, undisturbed.
         self._request = self.window.session.runner.steps(
-            lambda: batch_steps(source, out, engine.load_model(folder, engine_name), options),
+            lambda: batch_steps(source, out, engine.load_model(folder, engine_name), options, on_row=live.append),
             "triaging a folder", self._done, self._failed, self._progress, self._cancelled)
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
@@ -120,6 +125,7 @@ class WorklistPanel(QWidget):
         request, self._request = self._request, None
         if request is not None:
             self.window.session.runner.cancel(request)
+            self.model.append_rows(self._live[len(self.model.rows):])
             self._idle(f"Cancelled. What was analysed is kept; open {self.source.name} again to continue.")
 
     @property
@@ -137,6 +143,7 @@ class WorklistPanel(QWidget):
             self.progress.setRange(0, total)
             self.progress.setValue(step)
             self.progress.setFormat("%v/%m")
+            self.model.append_rows(self._live[len(self.model.rows):])
             self.status.setText(f"Triaging {self.source.name}: {stage}")
 
     def _done(self, request: int, result) -> None:
@@ -144,8 +151,9 @@ class WorklistPanel(QWidget):
             return
         self._request = None
         self.failures = result.failures
-        self.model.set_rows(result.rows)
-        self.table.sortByColumn(FLAGGED_COLUMN, Qt.SortOrder.DescendingOrder)
+        self.model.append_rows(self._live[len(self.model.rows):])  # keeps the reader's selection
+        if len(self.model.rows) != len(result.rows):
+            self.model.set_rows(result.rows)
         flagged = sum(r.flagged for r in result.rows)
         message = (f"{len(result.rows)} image(s): {flagged} flagged, {result.analysed} analysed now, "
                    f"{result.reused} from before.")

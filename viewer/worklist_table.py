@@ -22,6 +22,12 @@ class WorklistModel(QAbstractTableModel):
         self.rows = list(rows)
         self.endResetModel()
 
+    def append_rows(self, rows) -> None:
+        if rows:
+            self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(rows) - 1)
+            self.rows.extend(rows)
+            self.endInsertRows()
+
     def rowCount(self, parent=QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.rows)
 
