@@ -169,6 +169,12 @@ def test_exports_from_the_viewer_read_back_and_never_overwrite(qtbot, window, tm
     result = json.loads(export_via_menu(qtbot, window, monkeypatch, "json", out / "r.json").read_text())
     assert result["predicted_class"] == window.session.analysis.predicted_class
     window.actions_["export_anonymize"].trigger()
+    corner = window.original.corner_labels["top_left"].text()
+    assert "DEMO^NODULE" in corner  # so the first picture showed the name
+    hidden = QImage(str(export_via_menu(qtbot, window, monkeypatch, "png", out / "side.png")))
+    assert QImage(str(again)) == picture  # grabs are repeatable...
+    assert hidden.size() == picture.size() and hidden != picture  # ...so this one lost its corner text
+    assert not window.hide_identifying and window.original.corner_labels["top_left"].text() == corner
     anonymous = export_via_menu(qtbot, window, monkeypatch, "dicom", out / "nodule.dcm")
     assert anonymous.name == "nodule-2.dcm"
     raw = anonymous.read_bytes()

@@ -4,7 +4,8 @@ explanation as DICOM (Secondary Capture in the source's study) and a one-page HT
 Each asks where through a save dialog that proposes a name no file has yet; if the chosen name
 exists by the time it is written, the export takes a fresh name beside it (files.unused_path):
 nothing is ever overwritten, least of all a source. "Anonymize exports" pseudonymizes DICOM and
-report exports with one salt per run of Lantern, so exports of one patient stay together.
+report exports with one salt per run of Lantern, so exports of one patient stay together, and
+grabs the picture without the name, ID and date in its corners.
 """
 
 from __future__ import annotations
@@ -31,9 +32,17 @@ KINDS = {  # kind -> (menu text, file suffix, dialog filter)
 }
 
 
-def side_by_side_image(window) -> QImage:
-    """The two viewports as on screen (window, zoom, overlay), grabbed and put side by side."""
-    left, right = window.original.grab().toImage(), window.explained.grab().toImage()
+def side_by_side_image(window, hide_identifying: bool = False) -> QImage:
+    """The two viewports as on screen (window, zoom, overlay), grabbed and put side by side;
+    with ``hide_identifying`` the corner text shows no name, ID or date, as in teaching mode."""
+    shown = window.hide_identifying
+    window.hide_identifying = shown or hide_identifying
+    window.update_corners()
+    try:
+        left, right = window.original.grab().toImage(), window.explained.grab().toImage()
+    finally:
+        window.hide_identifying = shown
+        window.update_corners()
     if not window.original.isVisible():  # single view: the explanation alone
         return right
     out = QImage(left.width() + GAP_PX + right.width(), max(left.height(), right.height()),
@@ -98,7 +107,7 @@ class Exporter:
         method, class_index = window.shown_method(analysis), window.class_index
         pseudonyms = self.pseudonyms if self.anonymize else None
         if kind == "png":
-            picture = side_by_side_image(window)  # grabbing is GUI work; encoding and writing are not
+            picture = side_by_side_image(window, self.anonymize)  # grabbing is GUI work; writing is not
             job = lambda: write_bytes_atomic(unused_path(path), png_bytes(picture))  # noqa: E731
         elif kind == "json":
             record = analysis.to_dict() | {"shown": {"method": method, "class": analysis.classes[class_index]}}
