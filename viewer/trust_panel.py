@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
-                               QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                               QScrollArea, QVBoxLayout, QWidget)
 
 from engine.calibration import calibration_status, evaluation_reliability
 from engine.errors import LanternError
@@ -19,24 +19,8 @@ from engine.faithfulness import chance_map, score_analysis, score_map
 from engine.files import unused_path, write_json_atomic
 from engine.sanity import randomization_steps
 from viewer.display import METHOD_LABELS
-from viewer.jobs import user_message
 from viewer.menus import menu_named
-from viewer.trust_views import FaithfulnessView, ReliabilityView, SanityView
-
-
-def _section(title: str, question: str, *widgets) -> QGroupBox:
-    box = QGroupBox(title)  # a short title: a group box is never narrower than its title
-    column = QVBoxLayout(box)
-    asked = QLabel(question)
-    asked.setWordWrap(True)
-    asked.setStyleSheet("font-style: italic;")
-    column.addWidget(asked)
-    for widget in widgets:
-        if isinstance(widget, QWidget):
-            column.addWidget(widget)
-        else:
-            column.addLayout(widget)
-    return box
+from viewer.trust_views import FaithfulnessView, ReliabilityView, SanityView, section
 
 
 class TrustPanel(QWidget):
@@ -76,10 +60,10 @@ class TrustPanel(QWidget):
         content = QWidget()
         column = QVBoxLayout(content)
         column.addWidget(self.target_label)
-        column.addWidget(_section("Faithfulness", "Does the map show what the model uses?",
+        column.addWidget(section("Faithfulness", "Does the map show what the model uses?",
                                   self.score_button, self.faithfulness))
-        column.addWidget(_section("Sanity check", "Does the map depend on the model?", sanity_row, self.sanity))
-        column.addWidget(_section("Calibration", "Can the probabilities be taken at their word?",
+        column.addWidget(section("Sanity check", "Does the map depend on the model?", sanity_row, self.sanity))
+        column.addWidget(section("Calibration", "Can the probabilities be taken at their word?",
                                   self.reliability, evaluation))
         column.addWidget(self.save_button)
         column.addWidget(self.status)
@@ -224,18 +208,17 @@ class TrustPanel(QWidget):
         self.show_target()
 
     def _sanity_failed(self, request: int, message: str) -> None:
-        if request == self._sanity_request:
-            self._sanity_request = None
-            self._sanity_running(False)
-            self.show_target()
-            self.sanity.clear(f"⚠ The randomisation check could not run: {message}")
+        self._sanity_over(request, f"⚠ The randomisation check could not run: {message}")
 
     def _sanity_cancelled(self, request: int) -> None:
+        self._sanity_over(request, "Randomisation check cancelled.")
+
+    def _sanity_over(self, request: int, text: str) -> None:
         if request == self._sanity_request:
             self._sanity_request = None
             self._sanity_running(False)
             self.show_target()
-            self.sanity.clear("Randomisation check cancelled.")
+            self.sanity.clear(text)
 
     def cancel_sanity(self) -> None:
         self.session.runner.cancel(self._sanity_request)

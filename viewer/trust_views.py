@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGridLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from viewer import theme
 from viewer.class_strip import rgb_pixmap
@@ -35,6 +35,21 @@ def _note(text: str = "") -> QLabel:
     label.setWordWrap(True)
     label.setTextFormat(Qt.TextFormat.PlainText)
     return label
+
+
+def section(title: str, question: str, *widgets) -> QGroupBox:
+    box = QGroupBox(title)  # a short title: a group box is never narrower than its title
+    column = QVBoxLayout(box)
+    asked = QLabel(question)
+    asked.setWordWrap(True)
+    asked.setStyleSheet("font-style: italic;")
+    column.addWidget(asked)
+    for widget in widgets:
+        if isinstance(widget, QWidget):
+            column.addWidget(widget)
+        else:
+            column.addLayout(widget)
+    return box
 
 
 class FaithfulnessView(QWidget):
