@@ -107,6 +107,18 @@ class Analysis:
         }
 
 
+def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, seed: int,
+                   threshold: float) -> tuple[UncertaintySummary | None, str]:
+    """MC-dropout over one image's cached head input, or why there is none (a note for the reader)."""
+    if samples <= 1:
+        return None, "Monte-Carlo dropout was switched off."
+    if not model.backend.has_dropout:
+        return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
+    logits = model.backend.mc_logits(head_input, samples, seed)
+    # Tempered like the deterministic pass, so gauges and probabilities agree.
+    return UncertaintySummary.from_logit_samples(logits / model.bundle.temperature, threshold), ""
+
+
 def analysis_steps(
     image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()
 ) -> Generator[Progress, None, Analysis]:
@@ -133,16 +145,8 @@ def analysis_steps(
         maps[method.name] = ClassMaps(method.name, grid, model_input.geometry, model.bundle.map_alignment)
     lap("maps")
     yield Progress("uncertainty", 3, total)
-    uncertainty, note = None, ""
-    if options.mc_samples <= 1:
-        note = "Monte-Carlo dropout was switched off for this analysis."
-    elif not model.backend.has_dropout:
-        note = "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
-    else:
-        samples = model.backend.mc_logits(outputs.head_input, options.mc_samples, options.seed)
-        # Tempered like the deterministic pass, so gauges and probabilities agree.
-        uncertainty = UncertaintySummary.from_logit_samples(samples / model.bundle.temperature,
-                                                            options.confidence_threshold)
+    uncertainty, note = mc_uncertainty(model, outputs.head_input, options.mc_samples, options.seed,
+                                       options.confidence_threshold)
     lap("uncertainty")
     yield Progress("done", total, total)
     bundle = model.bundle

@@ -25,7 +25,7 @@ from typing import Callable, Generator, Iterable
 
 import numpy as np
 
-from .analysis import Analysis, AnalysisOptions, LoadedModel, Progress, analyze
+from .analysis import Analysis, AnalysisOptions, LoadedModel, Progress, analyze, mc_uncertainty
 from .anonymize import Pseudonymizer
 from .batch_record import BatchItem, BatchRecord, BatchRow, item_key, item_name, make_row, worklist_csv
 from .errors import LanternError
@@ -33,7 +33,7 @@ from .files import unused_path, write_bytes_atomic, write_json_atomic
 from .images import SourceImage, load_image
 from .preprocess import prepare_input
 from .studies import scan_studies
-from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
+from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, softmax
 
 CSV_NAME = "worklist.csv"
 SAVE_EVERY_S = 3.0  # record saves: often enough to lose little on a crash, rare enough to cost little
@@ -87,35 +87,11 @@ def check_output_folder(source: Path, out: Path) -> None:
                            "so that results are never written beside the source images", out)
 
 
-def logits_and_head_inputs(model: LoadedModel, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (B, C) and head inputs (B, F) for a batch, in one engine call where the engine allows.
-
-    The ONNX explain graph returns the head input beside the logits with its gradient branch
-    off; the PyTorch engine has no such call, so it explains one image at a time.
-    """
-    if model.engine in ("onnx", "onnx-int8"):
-        feed = {"input": np.ascontiguousarray(batch, dtype=np.float32), "with_gradients": np.array(False)}
-        logits, head_input = model.backend.sessions.model.run(["logits", "head_input"], feed)
-        return logits, head_input
-    outputs = [model.backend.explain(batch[i : i + 1]) for i in range(len(batch))]
-    return np.stack([o.logits for o in outputs]), np.stack([o.head_input for o in outputs])
-
-
-def _uncertainty(model: LoadedModel, head_input: np.ndarray, options: BatchOptions):
-    if options.mc_samples <= 1:
-        return None, "Monte-Carlo dropout was switched off for this batch."
-    if not model.backend.has_dropout:
-        return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
-    samples = model.backend.mc_logits(head_input, options.mc_samples, options.seed)
-    # Tempered as analysis.analysis_steps does, so the batch and the viewer agree.
-    return UncertaintySummary.from_logit_samples(samples / model.bundle.temperature,
-                                                 options.confidence_threshold), ""
-
-
 def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
                    head_input: np.ndarray) -> dict:
     """The part of ``Analysis.to_dict()`` a triage computes, under the same keys."""
-    uncertainty, note = _uncertainty(model, head_input, options)
+    uncertainty, note = mc_uncertainty(model, head_input, options.mc_samples, options.seed,
+                                       options.confidence_threshold)
     classes = model.bundle.classes
     probabilities = softmax(logits.astype(np.float64) / model.bundle.temperature)
     return {
@@ -159,7 +135,7 @@ def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exp
         return done
     if not loaded:
         return []
-    logits, head_inputs = logits_and_head_inputs(model, np.concatenate([entry[4] for entry in loaded]))
+    logits, head_inputs = model.backend.forward_features(np.concatenate([entry[4] for entry in loaded]))
     return [(index, item, key, _triage_record(item, model, item_logits, options, head_input))
             for (index, item, key, _, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
 

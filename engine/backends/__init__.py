@@ -36,6 +36,10 @@ class Backend(Protocol):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Plain logits (B, C) for a batch (B, C_in, h, w): no maps, no sampling."""
 
+    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (B, C) and head inputs (B, F...) for a batch: what a triage needs (the
+        prediction and MC dropout), without maps."""
+
     def explain(self, tensor: np.ndarray) -> ForwardOutputs:
         """Logits, activations and all-class gradients for one input (1, C_in, h, w)."""
 

@@ -64,6 +64,11 @@ class OnnxSessions:
         feed = {"input": np.ascontiguousarray(batch, dtype=np.float32), "with_gradients": np.array(False)}
         return self.model.run(["logits"], feed)[0]
 
+    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"input": np.ascontiguousarray(batch, dtype=np.float32), "with_gradients": np.array(False)}
+        logits, head_input = self.model.run(["logits", "head_input"], feed)
+        return logits, head_input
+
     def explain(self, tensor: np.ndarray) -> ForwardOutputs:
         feed = {"input": np.ascontiguousarray(tensor[:1], dtype=np.float32), "with_gradients": np.array(True)}
         logits, activations, head_input, gradients = self.model.run(
@@ -104,6 +109,9 @@ class OnnxBackend:
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         return self.sessions.forward(batch)
+
+    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.sessions.forward_features(batch)
 
     def explain(self, tensor: np.ndarray) -> ForwardOutputs:
         return self.sessions.explain(tensor)

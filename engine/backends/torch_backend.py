@@ -9,6 +9,7 @@ gradients come from one batched backward (``is_grads_batched``), not one backwar
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -92,6 +93,12 @@ class TorchBackend:
         with torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
 
+    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with capture_layers(self.model, self.target, self.head, detach_target=False) as store:
+            with torch.inference_mode():
+                logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return logits.numpy(), store.head_input.numpy()
+
     def explain(self, tensor: np.ndarray) -> ForwardOutputs:
         x = torch.from_numpy(tensor)
         with capture_layers(self.model, self.target, self.head, detach_target=True) as store:
@@ -148,19 +155,31 @@ def randomization_groups(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
              [m for _, modules in ordered[i : i + size] for m in modules]) for i in range(0, len(ordered), size)]
 
 
+def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation of ``module``'s own parameters, drawn from ``generator``
+    rather than the global stream (MC dropout on another thread seeds and draws from that one)."""
+    if hasattr(module, "reset_running_stats") or isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        module.reset_parameters()  # normalisation layers: ones, zeros and fresh statistics, nothing random
+        return
+    weight = getattr(module, "weight", None)
+    for name, parameter in module.named_parameters(recurse=False):
+        if parameter.dim() > 1:
+            nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)
+        elif name == "bias" and isinstance(weight, torch.Tensor) and weight.dim() > 1:
+            fan_in = weight[0].numel()
+            nn.init.uniform_(parameter, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator)
+        else:
+            nn.init.normal_(parameter, std=0.02, generator=generator)
+
+
 def cascading_randomization(backend: TorchBackend, seed: int = 0) -> Iterator[tuple[str, TorchBackend]]:
     """Yield (layers just randomised, a backend over the copy randomised so far), re-initialising
     one group more each time, from the top of the network down (Adebayo et al., 2018). The
     trained model is never touched."""
     model = copy.deepcopy(backend.model)
-    for step, (label, modules) in enumerate(randomization_groups(model)):
-        # fork_rng: the re-initialisation is reproducible and leaves everyone else's stream alone.
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed + step)
+    generator = torch.Generator().manual_seed(seed)
+    for label, modules in randomization_groups(model):
+        with torch.no_grad():
             for module in modules:
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                else:
-                    for parameter in module.parameters(recurse=False):
-                        nn.init.normal_(parameter, std=0.02)
+                _reinitialize(module, generator)
         yield label, TorchBackend(backend.bundle, model)
