@@ -172,23 +172,6 @@ def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
             nn.init.normal_(parameter, std=0.02, generator=generator)
 
 
-def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default initialisation of ``module``'s own parameters, drawn from ``generator``
-    rather than the global stream (MC dropout on another thread seeds and draws from that one)."""
-    if hasattr(module, "reset_running_stats") or isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-        module.reset_parameters()  # normalisation layers: ones, zeros and fresh statistics, nothing random
-        return
-    weight = getattr(module, "weight", None)
-    for name, parameter in module.named_parameters(recurse=False):
-        if parameter.dim() > 1:
-            nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)
-        elif name == "bias" and isinstance(weight, torch.Tensor) and weight.dim() > 1:
-            fan_in = weight[0].numel()
-            nn.init.uniform_(parameter, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator)
-        else:
-            nn.init.normal_(parameter, std=0.02, generator=generator)
-
-
 def cascading_randomization(backend: TorchBackend, seed: int = 0) -> Iterator[tuple[str, TorchBackend]]:
     """Yield (layers just randomised, a backend over the copy randomised so far), re-initialising
     one group more each time, from the top of the network down (Adebayo et al., 2018). The
