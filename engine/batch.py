@@ -112,7 +112,7 @@ def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
     loaded, failures = [], []
     for index, item, key in chunk:
         try:
-            image = load_image(item.path, item.frame)
+            image = load_image(item.path, item.frame, with_tags=False)  # a batch never shows them
         except LanternError as exc:
             failures.append((item.path, exc.reason))
             continue

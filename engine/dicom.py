@@ -68,13 +68,13 @@ def looks_like_dicom(head: bytes) -> bool:
     return group_le in _RAW_DATASET_GROUPS or group_be in _RAW_DATASET_GROUPS
 
 
-def load_dicom(path: Path, frame: int) -> SourceImage:
+def load_dicom(path: Path, frame: int, with_tags: bool = True) -> SourceImage:
     """Decode one frame of a DICOM file; see :func:`engine.images.load_image`."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with open(path, "rb") as f:
-                return _load_open_file(path, f, frame)
+                return _load_open_file(path, f, frame, with_tags)
         finally:
             for w in caught:  # pydicom's tolerance notes: useful in the log, noise in the UI
                 log.debug("%s: %s", path.name, w.message)
@@ -110,7 +110,7 @@ def _has_known_elements(ds: Dataset) -> bool:
         return False
 
 
-def _load_open_file(path: Path, f: BinaryIO, frame: int) -> SourceImage:
+def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> SourceImage:
     file_size = os.fstat(f.fileno()).st_size
     try:
         ds = read_header(f, path)
@@ -145,7 +145,7 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int) -> SourceImage:
         f.seek(element.value_offset)
         arr, photometric = _decode(path, f, tsyntax, frame, element, ds)
 
-    return _to_source_image(path, ds, arr, photometric, frame, element, tsyntax)
+    return _to_source_image(path, ds, arr, photometric, frame, element, tsyntax, with_tags)
 
 
 def _read_whole(path: Path, f: BinaryIO) -> Dataset:
@@ -403,7 +403,7 @@ def _palette_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.ascontiguousarray(rgb[..., :3])
 
 
-def _to_source_image(path, ds, arr, photometric, frame, element, tsyntax) -> SourceImage:
+def _to_source_image(path, ds, arr, photometric, frame, element, tsyntax, with_tags=True) -> SourceImage:
     mask = None
     try:
         if photometric == "PALETTE COLOR":
@@ -424,7 +424,7 @@ def _to_source_image(path, ds, arr, photometric, frame, element, tsyntax) -> Sou
         window=window,
         metadata=image_metadata(ds, frame),
         frame=frame,
-        tags=tag_rows(ds, element, tsyntax),
+        tags=tag_rows(ds, element, tsyntax) if with_tags else (),
         padding_mask=mask,
     )
 

@@ -377,3 +377,11 @@ def test_huge_header_blob_is_summarised_not_read(tmp_path):
     image = load_image(path)
     blob = next(t for t in image.tags if t.tag == "(0009,1011)")
     assert blob.value == f"<{20 << 20} bytes, not read>" and blob.keyword == ""
+
+
+def test_tag_rows_can_be_left_out_without_changing_the_image(demo_studies):
+    path = demo_studies / "demo_nodule.dcm"
+    full, lean = load_image(path), load_image(path, with_tags=False)
+    assert len(full.tags) > 20 and lean.tags == ()
+    np.testing.assert_array_equal(full.pixels, lean.pixels)
+    assert full.metadata == lean.metadata and full.window == lean.window
