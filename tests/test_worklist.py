@@ -82,12 +82,14 @@ def test_clicking_a_row_opens_that_image_in_the_side_by_side_view(qtbot, window,
     panel = run_worklist(qtbot, window, folder)
     table = panel.table
     for row in (2, 0):
+        window.tabs.setCurrentWidget(panel)  # back to the worklist, as a reader would go
         wanted = panel.visible_rows()[row]
         rect = table.visualRect(panel.proxy.index(row, 2))
         qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
         qtbot.waitUntil(lambda: window.session.image is not None
                         and window.session.image.source.path == wanted.path
                         and window.session.image.source.frame == wanted.frame, timeout=TIMEOUT)
+        assert window.tabs.currentIndex() == 0, "the row opens in the side-by-side reading view"
     assert window.session.files == [r.path for r in panel.visible_rows()]
     qtbot.waitUntil(lambda: window.session.analysis is not None, timeout=TIMEOUT)
     assert window.session.analysis.predicted_class == panel.visible_rows()[0].predicted_class

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QStandardPaths, Qt
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDockWidget, QFileDialog, QHBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableView,
                                QVBoxLayout, QWidget)
 
@@ -187,6 +187,7 @@ class WorklistPanel(QWidget):
         session.open_files([r.path for r in rows], proxy_row)
         if row.frame:
             session.show_index(proxy_row, row.frame)
+        self.window.tabs.setCurrentIndex(0)  # the side-by-side reading view
 
 
 class _CancelOnClose(QObject):
@@ -205,20 +206,12 @@ class _CancelOnClose(QObject):
 def install(window) -> None:
     panel = WorklistPanel(window)
     window.installEventFilter(_CancelOnClose(panel))
-    dock = QDockWidget("Worklist", window)
-    dock.setObjectName("Worklist")
-    dock.setWidget(panel)
-    dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
-    window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
-    bottom = window.findChild(QDockWidget, "Class maps and overlay")
-    if bottom is not None:
-        window.tabifyDockWidget(bottom, dock)
-        bottom.raise_()
+    # A tab beside Reading: the worklist's columns need the width only the central area has.
+    window.tabs.addTab(panel, "Worklist")
     window.worklist = panel
-    window.worklist_dock = dock
 
     def open_folder() -> None:
-        dock.raise_()
+        window.tabs.setCurrentWidget(panel)
         panel.choose_folder()
 
     from viewer.actions import _action
