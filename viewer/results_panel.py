@@ -124,6 +124,7 @@ class ResultsPanel(QWidget):
         self.errors.setData(x=np.zeros(0), y=np.zeros(0), left=np.zeros(0), right=np.zeros(0))
         for gauge in (self.confidence, self.entropy, self.mutual_info):
             gauge.setVisible(False)
+        self.probability_plot.setVisible(False)  # empty axes say nothing
         self.flag.setVisible(False)
         self.note.setVisible(False)
 
@@ -169,6 +170,7 @@ class ResultsPanel(QWidget):
         if len(self.cutoffs) == n:
             self.cutoff_markers.setData(x=self.cutoffs, y=ys)
             self.cutoff_markers.setToolTip("Cut-offs: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, self.cutoffs)))
+        self.probability_plot.setVisible(True)
         self.probability_plot.setFixedHeight(30 + 26 * n)
         self.probability_plot.setYRange(-0.6, n - 0.4, padding=0)
         self.probability_plot.getAxis("left").setTicks([[(float(y), c) for y, c in zip(ys, classes)]])
