@@ -20,8 +20,8 @@ Around it:
     workflows      batch (+ batch_record, batch_command), labels, evaluation (+ evaluation_run,
                    evaluate_command, figures), exports: overlay, pictures, report,
                    dicom_export, anonymize; files (every write: atomic, never over a source)
-    making models  training, phantoms, demo_data, teaching_set, onnx_export, quantization
-                   (need torch; never shipped in the packaged app); benchmark
+    making models  training, onnx_export, quantization (need torch; not in the packaged app);
+                   phantoms, demo_data, teaching_set (synthetic data); benchmark
     command line   cli (arguments) + commands (what the subcommands do)
 """
 
