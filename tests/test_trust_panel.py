@@ -39,6 +39,19 @@ def nodule_window(qtbot, tmp_path, demo_bundle, demo_studies):
     return open_demo(qtbot, tmp_path, demo_bundle, demo_studies / "demo_nodule.dcm")
 
 
+@pytest.fixture
+def uncalibrated_window(qtbot, tmp_path, demo_bundle, demo_studies):
+    """The demo model without the reliability diagram its model card carries."""
+    import shutil
+
+    copy = tmp_path / "uncalibrated"
+    shutil.copytree(demo_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["model_card"]["reliability"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return open_demo(qtbot, tmp_path, copy, demo_studies / "demo_nodule.dcm")
+
+
 def test_faithfulness_is_scored_in_the_background_for_the_shown_map(qtbot, nodule_window):
     window, panel = nodule_window, nodule_window.trust_panel
     analysis = window.session.analysis
@@ -79,7 +92,9 @@ def test_randomisation_check_shows_every_step_and_a_verdict(qtbot, nodule_window
     assert first != second and first.name == "demo_nodule-trust.json"
     record = json.loads(first.read_text())
     assert record["checks"][0]["randomisation_check"]["barely_changes"] is False
-    assert record["calibration"]["calibrated"] is False
+    card = json.loads((nodule_window.session.model.bundle.folder / "manifest.json").read_text())["model_card"]
+    assert record["calibration"]["calibrated"] is True
+    assert record["calibration"]["ece"] == pytest.approx(card["reliability"]["ece"])
 
 
 def test_randomisation_check_can_be_cancelled(qtbot, nodule_window):
@@ -111,8 +126,16 @@ def test_onnx_only_bundle_says_the_check_needs_pytorch(qtbot, tmp_path, demo_bun
     assert "Deletion AUC" in panel.faithfulness.summary.text()
 
 
-def test_calibration_warning_and_an_evaluation_file(nodule_window, tmp_path):
-    panel = nodule_window.trust_panel
+def test_the_demo_model_shows_the_reliability_its_model_card_measured(nodule_window):
+    panel, results = nodule_window.trust_panel, nodule_window.results
+    card = nodule_window.session.model.bundle.model_card["reliability"]
+    assert f"Expected calibration error {card['ece']:.3f}" in panel.reliability.summary.text()
+    assert panel.reliability.plot.isVisibleTo(panel)
+    assert not results.calibration_note.isVisibleTo(results)
+
+
+def test_calibration_warning_and_an_evaluation_file(uncalibrated_window, tmp_path):
+    panel = uncalibrated_window.trust_panel
     assert "never been calibrated" in panel.reliability.summary.text()
     assert not panel.reliability.plot.isVisibleTo(panel)
     diagram = reliability_diagram([0.95, 0.9, 0.7, 0.65, 0.3], [1, 1, 1, 0, 0], bins=5)
@@ -148,8 +171,8 @@ def test_class_cut_off_hides_the_map_with_a_note_and_is_remembered(qtbot, nodule
     assert window.settings.get("overlay/hide_below_cutoff") is True
 
 
-def test_gauges_mark_cut_offs_and_warn_that_the_model_was_never_calibrated(nodule_window):
-    results = nodule_window.results
+def test_gauges_mark_cut_offs_and_warn_that_the_model_was_never_calibrated(uncalibrated_window):
+    results = uncalibrated_window.results
     xs, _ = results.cutoff_markers.getData()
     assert list(xs) == [0.5, 0.5, 0.5]
     assert results.calibration_note.isVisibleTo(results)
