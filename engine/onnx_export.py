@@ -529,9 +529,11 @@ def flatten_gradient_branch(proto):
         return proto
     then_branch = next(a.g for a in if_node.attribute if a.name == "then_branch")
     nodes = [n for n in graph.node if n is not if_node]
-    # Undo the renaming: the value behind the branch's final Identity is "gradients" again.
+    # Undo the renaming: the value behind the branch's final Identity is "gradients" again. When
+    # the gradient is a constant (the explained layer feeds a linear head), the node making it
+    # was kept in the main graph, so look there too.
     branch_nodes = [n for n in then_branch.node if "gradients_then" not in n.output]
-    for node in branch_nodes:
+    for node in nodes + branch_nodes:
         for i, out in enumerate(node.output):
             if out == "gradients_value":
                 node.output[i] = "gradients"
