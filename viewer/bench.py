@@ -112,14 +112,21 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
             "max_gap_ms": round(max(gaps), 2), "heartbeats": len(gaps), "interval_ms": 5}
 
         # The case: an uncompressed DICOM radiograph of about 2000 x 2000 pixels.
-        radiograph = work / "radiograph_2000.dcm"
-        radiograph.write_bytes(radiograph_dicom_bytes(synthetic_radiograph(2000, seed=1)))
-        start = time.perf_counter()
-        window.open_paths([radiograph])
-        shown = wait_until(app, lambda: window.session.analysis is not None
-                      and window.session.analysis.source == radiograph and window.explained.overlay.isVisible())
-        window.explained.view.viewport().repaint()
-        results["open_to_analysed_overlay_ms"] = round((time.perf_counter() - start) * 1000, 1) if shown else None
+        # Five different files, one after the other, as a reader steps through a study: one
+        # opening alone says more about the machine's mood than about Lantern.
+        opened = []
+        for seed in range(1, 6):
+            radiograph = work / f"radiograph_2000_{seed}.dcm"
+            radiograph.write_bytes(radiograph_dicom_bytes(synthetic_radiograph(2000, seed=seed)))
+            start = time.perf_counter()
+            window.open_paths([radiograph])
+            shown = wait_until(app, lambda: window.session.analysis is not None
+                               and window.session.analysis.source == radiograph
+                               and window.explained.overlay.isVisible())
+            window.explained.view.viewport().repaint()
+            if shown:
+                opened.append((time.perf_counter() - start) * 1000)
+        results["open_to_analysed_overlay_ms"] = _summary(opened) | {"opened": len(opened)} if opened else None
         results["engine"] = window.session.model.engine
     else:
         results["note"] = "no model bundle (pass --model): analysis figures skipped"

@@ -96,7 +96,7 @@ class OverlayMixin:
         self._seen_grid = analysis.maps[method].grid[index]
         if rebuild_strip:
             self.strip.set_classes(analysis.classes, analysis.probabilities, self.class_thumbnails(), index)
-        self.apply_overlay_style()
+        self.apply_overlay_style(thumbnails=not rebuild_strip)  # a rebuilt strip is already current
 
     def class_thumbnails(self) -> list[np.ndarray]:
         analysis, image = self.session.analysis, self.session.image
