@@ -133,6 +133,21 @@ def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
+def _continue_past_last_cell(maps: np.ndarray) -> np.ndarray:
+    """One more row and column, continuing each map's slope (clipped to its own range).
+
+    With "stride" alignment the last cell centre lies up to a stride inside the right and bottom
+    edges; holding the map constant beyond it drew straight-edged bands along those edges once
+    thresholded. Cells over the image keep their positions (the extra ones come after them)."""
+    out = np.pad(maps.astype(np.float32, copy=False), ((0, 0), (0, 1), (0, 1)), mode="edge")
+    top = maps.reshape(maps.shape[0], -1).max(axis=1)[:, None]
+    if maps.shape[1] > 1:
+        out[:, -1, :-1] = np.clip(2 * maps[:, -1, :] - maps[:, -2, :], 0.0, top)
+    if maps.shape[2] > 1:
+        out[:, :, -1] = np.clip(2 * out[:, :, -2] - out[:, :, -3], 0.0, top)
+    return out
+
+
 def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize", step: int = 1) -> np.ndarray:
     """Warp maps (N, gh, gw) on the model's grid back onto the source image: (N, H, W).
 
@@ -143,6 +158,8 @@ def map_to_source(maps: np.ndarray, geometry: Geometry, alignment: str = "resize
     H, W = geometry.source_shape
     rows, cols = np.arange(0, H, step), np.arange(0, W, step)
     affine = grid_to_source_affine(geometry, maps.shape[1:], alignment)
+    if alignment == "stride":
+        maps = _continue_past_last_cell(maps)
     affine = affine @ np.diag([float(step), float(step), 1.0])
     out = np.empty((maps.shape[0], rows.size, cols.size), dtype=np.float32)
     for i, grid in enumerate(maps.astype(np.float32, copy=False)):

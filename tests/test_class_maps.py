@@ -81,3 +81,16 @@ def test_concurrent_requests_share_one_warp():
     for t in threads:
         t.join()
     assert all(r is results[0] for r in results)
+
+
+def test_past_the_last_cell_the_map_keeps_its_slope_instead_of_a_flat_band():
+    """Stride alignment leaves the last stride of the image past the last cell centre."""
+    geometry, _, _ = plan_geometry((256, 256), InputSpec(channels=1, size=(256, 256), resize="stretch"))
+    ramp = np.linspace(8.0, 1.0, 8, dtype=np.float32)  # falls towards the bottom, flat across
+    grid = np.repeat(ramp[:, None], 8, axis=1)[None]
+    column = map_to_source(grid, geometry, "stride")[0][:, 100]
+    assert column[224] == pytest.approx(1.0, abs=1e-3)  # the last cell centre (7 * 32)
+    assert column[240] < column[224] < column[200]  # still falling past it, not held at 1
+    assert column.min() >= 0.0
+    rising = map_to_source(grid[:, ::-1].copy(), geometry, "stride")[0][:, 100]
+    assert rising.max() <= 8.0 + 1e-5  # never above the map's own peak
