@@ -22,7 +22,7 @@ import sys
 import tarfile
 import time
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, distributions, version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
