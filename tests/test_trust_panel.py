@@ -163,7 +163,9 @@ def test_class_cut_off_hides_the_map_with_a_note_and_is_remembered(qtbot, nodule
     assert window.controls.hide_below_cutoff.isChecked()
     assert window.explained.overlay.image is None and not window.explained.overlay.isVisible()
     assert "< cut-off 0.50" in window.explained.corner_labels["top_right"].text()
+    window.tabs.setCurrentWidget(window.compare)  # the compare view is made when shown
     assert "< cut-off 0.50" in window.compare.viewports["gradcam"].corner_labels["top_right"].text()
+    window.tabs.setCurrentIndex(0)
     # The predicted class is above its cut-off: its map stays.
     qtbot.mouseClick(window.strip.buttons[analysis.predicted], Qt.MouseButton.LeftButton)
     assert window.explained.overlay.isVisible() and window.explained.overlay.image is not None
@@ -185,6 +187,7 @@ def test_compare_view_shows_method_agreement(nodule_window):
     window = nodule_window
     analysis = window.session.analysis
     expected = method_agreement(analysis.maps, window.class_index)
+    window.tabs.setCurrentWidget(window.compare)
     text = window.compare.agreement.text()
     assert f"Grad-CAM vs Grad-CAM++: {expected[('gradcam', 'gradcam++')]:+.2f}" in text
     assert len(expected) == 3 and text.count(" vs ") == 3

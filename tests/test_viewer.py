@@ -127,6 +127,8 @@ def test_method_and_compare_view(analysed):
     a = analysed.session.analysis
     compare = analysed.compare.viewports
     assert set(compare) == {"gradcam", "gradcam++", "layercam"}
+    assert all(v.overlay.image is None for v in compare.values())  # made when the tab is shown
+    analysed.tabs.setCurrentWidget(analysed.compare)
     idx = analysed.class_index
     for method, viewport in compare.items():
         expected = np.clip(a.maps[method].normalized[idx] * 255 + 0.5, 0, 255).astype(np.uint8)

@@ -161,3 +161,23 @@ def test_signal_emits_no_longer_exhaust_true():
     for i in range(50_000):  # far more than True's natural reference count
         pinger.ping.emit(i)
     assert sys.getrefcount(True) > 1_000_000
+
+
+def test_a_closed_runner_drops_late_results(qtbot):
+    import threading
+
+    from viewer.jobs import JobRunner
+
+    runner = JobRunner()
+    release, got = threading.Event(), []
+    runner.call(lambda: release.wait(5) and "late", "waiting", lambda _r, value: got.append(value),
+                lambda _r, message: got.append(message))
+    runner.close()  # the window goes away while the job still runs
+    release.set()
+    assert runner.wait(5000)
+    qtbot.wait(100)  # let any queued signal arrive
+    assert got == []
+    # A runner that stays open delivers.
+    open_runner = JobRunner()
+    open_runner.call(lambda: "on time", "quick", lambda _r, value: got.append(value), lambda _r, m: got.append(m))
+    qtbot.waitUntil(lambda: got == ["on time"], timeout=5000)

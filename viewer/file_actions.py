@@ -17,7 +17,7 @@ class FileActionsMixin:
             if any(p.is_dir() for p in paths):
                 self.studies.scan(paths, open_first=True)
             else:
-                self.studies.scan(paths)
+                self.studies.scan(paths, opening=True)
                 self.session.open_paths(paths)
 
     def open_files_dialog(self) -> None:

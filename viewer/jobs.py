@@ -105,6 +105,14 @@ class JobRunner(QObject):
         super().__init__(parent)
         self.pool = pool or QThreadPool.globalInstance()
         self._live: dict[int, QRunnable] = {}  # keeps workers (and their signals) alive
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop reporting: the window these callbacks would update is going away. Work still
+        running finishes on its own; its results are dropped."""
+        self._closed = True
+        for request in list(self._live):
+            self.cancel(request)
 
     def _start(self, worker, on_done, on_failed, on_progress=None, on_cancelled=None) -> int:
         request = next(_ids)
@@ -114,14 +122,18 @@ class JobRunner(QObject):
         sig.finished.connect(functools.partial(self._finish, request, on_done))
         sig.failed.connect(functools.partial(self._finish, request, on_failed))
         if on_progress is not None:
-            sig.progress.connect(functools.partial(on_progress, request))
+            sig.progress.connect(functools.partial(self._report, request, on_progress))
         sig.cancelled.connect(functools.partial(self._finish, request, on_cancelled))
         self.pool.start(worker)
         return request
 
+    def _report(self, request: int, callback, *args) -> None:
+        if not self._closed:
+            callback(request, *args)
+
     def _finish(self, request: int, callback, *args) -> None:
         self._live.pop(request, None)
-        if callback is not None:
+        if callback is not None and not self._closed:
             callback(request, *args)
 
     def call(self, fn: Callable[[], Any], what: str, on_done, on_failed) -> int:

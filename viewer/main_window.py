@@ -141,6 +141,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
             viewport.box.wheelStepped.connect(s.step)
             viewport.box.sigRangeChanged.connect(lambda *_: self.update_corners())
         self.strip.classSelected.connect(self.select_class)
+        self.tabs.currentChanged.connect(lambda *_: self.refresh_compare())
         self.connect_controls()
 
     # messages ------------------------------------------------------------------
@@ -175,6 +176,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.original.set_image(image.display, levels)
         self.explained.set_image(image.display, levels)
         self.compare.set_image(image.display, levels)
+        self.compare.set_maps({}, "")  # the last image's maps must not sit on this one
         for viewport in self.all_viewports():
             viewport.set_invert(self.invert)
         self.set_overlay_data(None)
@@ -298,6 +300,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
             opacity=self.settings.get("overlay/opacity"), colormap=self.settings.get("overlay/colormap"),
             threshold=self.settings.get("overlay/threshold"), scale=self.settings.get("overlay/scale"),
             contour=self.settings.get("overlay/contour"))
+        self.session.shown_method = self.controls.method_key()
         self.apply_overlay_style()
         self.refresh_recent_menu()
 
@@ -306,4 +309,5 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.save_overlay_settings()
         self.settings.sync()
         self.session.cancel()
+        self.session.runner.close()  # no late result may reach a closed window's widgets
         super().closeEvent(event)

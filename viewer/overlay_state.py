@@ -16,10 +16,14 @@ class OverlayMixin:
         c.opacity.valueChanged.connect(lambda *_: self.apply_opacity())
         for signal in (c.colormap.currentIndexChanged, c.threshold.valueChanged, c.contour.toggled):
             signal.connect(lambda *_: self.apply_overlay_style())
-        c.method.currentIndexChanged.connect(lambda *_: self.refresh_overlay())
+        c.method.currentIndexChanged.connect(lambda *_: self.method_changed())
         c.normalized.toggled.connect(lambda *_: self.refresh_overlay())
         c.hide_below_cutoff.toggled.connect(lambda *_: self.refresh_overlay())
         c.changed.connect(self.save_overlay_settings)
+
+    def method_changed(self) -> None:
+        self.session.shown_method = self.controls.method_key()
+        self.refresh_overlay()
 
     def save_overlay_settings(self) -> None:
         c = self.controls
@@ -87,9 +91,7 @@ class OverlayMixin:
         name = analysis.classes[index]
         self.explained.set_corner("top_right", f"{METHOD_LABELS.get(method, method)}\nclass: {name}"
                                                + (f"\n⚠ {hidden}" if hidden else ""))
-        self.compare.set_maps({m: None if hidden else self.map_for(analysis, m, index)[0] for m in analysis.maps},
-                              name, hidden)
-        self.compare.set_agreement(method_agreement(analysis.maps, index), name)
+        self.refresh_compare()
         unit = "(per-class peak = 1)" if self.controls.scale() == "normalized" else "(logit units)"
         self.controls.colorbar.set_range(0.0, top)
         self.controls.colorbar.setToolTip(f"Map value {unit}")
@@ -97,6 +99,18 @@ class OverlayMixin:
         if rebuild_strip:
             self.strip.set_classes(analysis.classes, analysis.probabilities, self.class_thumbnails(), index)
         self.apply_overlay_style(thumbnails=not rebuild_strip)  # a rebuilt strip is already current
+
+    def refresh_compare(self) -> None:
+        """The compare view's maps, made only while it is the shown tab (switching to it calls
+        this again): three full-size maps per image are work a reader rarely looks at."""
+        analysis = self.session.analysis
+        if analysis is None or self.tabs.currentWidget() is not self.compare:
+            return
+        index = min(self.class_index, len(analysis.classes) - 1)
+        name, hidden = analysis.classes[index], self.hidden_reason(analysis, index)
+        self.compare.set_maps({m: None if hidden else self.map_for(analysis, m, index)[0] for m in analysis.maps},
+                              name, hidden)
+        self.compare.set_agreement(method_agreement(analysis.maps, index), name)
 
     def class_thumbnails(self) -> list[np.ndarray]:
         analysis, image = self.session.analysis, self.session.image

@@ -44,7 +44,7 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
     if not wait_until(app, lambda: window.session.analysis is not None and bool(window.strip.buttons)):
         print(f"no analysis arrived: {window.status_text.text()}")
         return 1
-    wait_until(app, lambda: window.studies.tree.topLevelItemCount() > 0, 10_000)
+    wait_until(app, lambda: window.studies.thumbnails_shown, 10_000)
     # Documentation shows a DICOM study (corner annotations, tags) when the folder has one.
     dicom = [i for i, f in enumerate(window.session.files) if f.suffix.lower() == ".dcm"]
     if dicom and window.session.files[window.session.index].suffix.lower() != ".dcm":

@@ -291,7 +291,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     if nodule and files[window.session.index].name != "demo_nodule.dcm":
         window.session.show_index(nodule[0])
         wait_until(app, lambda: window.session.analysis is not None and bool(window.strip.buttons), 60_000)
-    wait_until(app, lambda: window.studies.tree.topLevelItemCount() > 0, 5_000)
+    wait_until(app, lambda: window.studies.thumbnails_shown, 5_000)
     for _ in range(5):
         app.processEvents()
     image = window.grab().toImage()

@@ -42,17 +42,15 @@ def expand_paths(paths) -> list[Path]:
     return files
 
 
-def with_display_maps(steps):
+def with_display_maps(steps, method: str):
     """Run the engine's steps, then, still on the worker, make the overlay data the window shows
-    first: the predicted class under every method (the overlay and the compare view). Other
-    classes are warped when the reader picks them (a few milliseconds each)."""
+    first: the predicted class under the window's method. Other classes and methods (the
+    compare view) are made when the reader asks for them (a few milliseconds each)."""
     analysis = yield from steps
-    ready = {}
-    for method, maps in analysis.maps.items():
-        step = overlay_step(maps.shape)
-        ready[(method, analysis.predicted, "normalized", step)] = map_to_uint8(
-            maps.sampled_map(analysis.predicted, step), 1.0)
-    return analysis, ready
+    maps = analysis.maps.get(method) or next(iter(analysis.maps.values()))
+    step = overlay_step(maps.shape)
+    key = (maps.method, analysis.predicted, "normalized", step)
+    return analysis, {key: map_to_uint8(maps.sampled_map(analysis.predicted, step), 1.0)}
 
 
 def _displayable(source, index: int, count: int) -> LoadedImage:
@@ -84,6 +82,7 @@ class Session(QObject):
         self.analysis = None
         # (method, class, scale, step) -> uint8 overlay data made on the worker with the analysis
         self.display_maps: dict[tuple, object] = {}
+        self.shown_method = DEFAULT_METHODS[0]  # the window's method: its overlay is made first
         self.mc_samples = mc_samples
         # Tests substitute a slow or failing generator here; production uses the engine's.
         self.steps_factory = steps_factory or engine.analysis_steps
@@ -186,9 +185,9 @@ class Session(QObject):
         source, model = self.source, self.model
         self._analysed_source = source
         options = engine.AnalysisOptions(methods=DEFAULT_METHODS, mc_samples=self.mc_samples)
-        factory = self.steps_factory
+        factory, method = self.steps_factory, self.shown_method
         self._analysis_request = self.runner.steps(
-            lambda: with_display_maps(factory(source, model, options)), "analysing an image",
+            lambda: with_display_maps(factory(source, model, options), method), "analysing an image",
             self._analysis_done, self._analysis_failed, self._analysis_progress, self._analysis_cancelled)
         self.analysisState.emit("running")
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
@@ -64,17 +64,22 @@ class StudyPanel(QWidget):
         self._items: dict[Path, QTreeWidgetItem] = {}
         self._request = None
         self._open_first = None
+        self._opening = False
+        self.thumbnails_shown = False  # for tools that render the window (screenshots, self-test)
         self.tree.itemActivated.connect(self._open_item)
         self.tree.itemClicked.connect(self._open_item)
 
-    def scan(self, paths, open_first: bool = False) -> None:
+    def scan(self, paths, open_first: bool = False, opening: bool = False) -> None:
         """Fill the tree; with ``open_first`` the first image of the first study is opened
-        once the scan is in (a folder's order is the studies', not the file names')."""
+        once the scan is in (a folder's order is the studies', not the file names').
+        ``opening``: the caller is opening one of them itself (thumbnails wait for it)."""
         paths = [Path(p) for p in paths]
         for path in paths:
             logs.register_path(path)  # folder names can carry patient names too
         self.info.setText("Scanning…")
         self._open_first = paths if open_first else None
+        self._opening = open_first or opening
+        self.thumbnails_shown = False
         self._request = self.session.runner.call(lambda: scan(paths), "scanning studies",
                                                  self._scanned, self._failed)
 
@@ -104,8 +109,35 @@ class StudyPanel(QWidget):
                 self.session.open_files(paths)
             else:
                 self.session.open_paths(self._open_first)  # reports what is wrong with them
-        self.session.runner.call(lambda: make_thumbnails(paths), "making thumbnails",
-                                 self._thumbnails, self._thumbnails_failed)
+        self._after_first_image(lambda: self.session.runner.call(
+            lambda: make_thumbnails(paths), "making thumbnails", self._thumbnails, self._thumbnails_failed))
+
+    def _after_first_image(self, start) -> None:
+        """Run ``start`` once the image being opened is on screen (and analysed, when a model is
+        there): thumbnails decode every file of the folder, and on two cores they would slow
+        the one image the reader is waiting for."""
+        s = self.session
+        if not self._opening:
+            start()
+            return
+        started = False
+
+        def go(*_) -> None:
+            nonlocal started
+            if started:
+                return
+            started = True
+            for signal, slot in connections:
+                signal.disconnect(slot)
+            # A moment later still: the decoder holds Python's GIL much of the time, and the
+            # window should paint the result before the thumbnails start.
+            QTimer.singleShot(250, self, start)
+
+        connections = [(s.analysisState, lambda state: go() if state != "running" else None),
+                       (s.imageReady, lambda _image: go() if s.model is None else None),
+                       (s.imageFailed, go)]
+        for signal, slot in connections:
+            signal.connect(slot)
 
     def _thumbnails_failed(self, _request: int, message: str) -> None:
         self.info.setText(f"{self.info.text()}; thumbnails unavailable: {message}")
@@ -137,6 +169,7 @@ class StudyPanel(QWidget):
                 top.child(i).setExpanded(True)
 
     def _thumbnails(self, _request: int, thumbs: dict) -> None:
+        self.thumbnails_shown = True
         for path, rgb in thumbs.items():
             item = self._items.get(path)
             if item is not None:
