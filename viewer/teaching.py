@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QHBoxLayout
 import engine
 from engine.labels import read_labels
 from viewer import theme
-from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut
+from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, overlay_step
 from viewer.menus import menu_named
 from viewer.presentation import Presentation
 from viewer.results_panel import ResultsPanel
@@ -254,7 +254,9 @@ class TeachingWindow(QMainWindow):
         if analysis is None or not self.session.current.revealed:
             return
         maps = analysis.maps[self.method_box.currentData()]
-        self.viewport.set_overlay(map_to_uint8(maps.normalized_map(self.class_box.currentIndex()), 1.0))
+        # Sampled like the main window's overlay: a teacher's own set may hold 2000 x 2000 images.
+        index = self.class_box.currentIndex()
+        self.viewport.set_overlay(map_to_uint8(maps.sampled_map(index, overlay_step(maps.shape)), 1.0))
         self.viewport.set_overlay_visible(True)
 
     # the end ------------------------------------------------------------------
