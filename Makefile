@@ -60,5 +60,12 @@ demo-model: $(STAMP)
 	$(BIN)/lantern-engine quantize resources/models/demo --drop-fp32
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m viewer.selftest --write-reference
 
+# The slim, torch-free one-folder app in dist/lantern/ and its archive, then the app's own
+# --selftest (docs/installing.md). The first run also makes the packaging environment and
+# compiles OpenCV's three modules (about 12 minutes, once, kept in build/work/); an unchanged
+# build is reused; `python build/package.py --force` rebuilds.
+package: $(STAMP)
+	$(BIN)/python build/package.py
+
 clean:
 	rm -rf $(VENV) dist build/work

@@ -1,18 +1,21 @@
 """Build the one-folder Lantern app, archive it and run its self-test (`make package` runs this).
 
-    python build/package.py [--dist DIR] [--force] [--no-archive] [--no-selftest]
+    python build/package.py [--dist DIR] [--force] [--no-archive] [--no-selftest] [--opencv slim|pypi]
 
-Steps: PyInstaller with build/lantern.spec into DIR/lantern (default dist/), then the archive
-DIR/lantern-<version>-<os>-<arch>.tar.gz (.zip on Windows), then `DIR/lantern/lantern --selftest`.
-A build is reused when none of its inputs changed (the spec, the engine and viewer sources, the
-shipped bundle and studies, the reference figures, the installed package versions): the
-fingerprint is DIR/lantern.inputs.json. Runs the same on Windows and macOS.
+Steps: the torch-free packaging environment (build/work/venv, with OpenCV built from source with
+the three modules Lantern uses: build/package_env.py), PyInstaller with build/lantern.spec in it
+into DIR/lantern (default dist/), then the archive DIR/lantern-<version>-<os>-<arch>.tar.gz (.zip
+on Windows), then `DIR/lantern/lantern --selftest`. A build is reused when none of its inputs
+changed (the spec, the engine and viewer sources, the shipped bundle and studies, the reference
+figures, the packaging environment's package versions): the fingerprint is
+DIR/lantern.inputs.json. Runs the same on Windows and macOS.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -28,12 +31,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "build" / "lantern.spec"
 NAME = "lantern"
-SIZE_BUDGET_MB = 350  # the target; OpenCV alone takes ~160 MB of it (docs/installing.md)
-SIZE_LIMIT_MB = 440  # tests/test_package.py fails above this: a regression guard, not the target
-# Distributions whose version changes the package (the rest are excluded or build tools).
-RUNTIME_DISTS = ("PySide6_Essentials", "shiboken6", "pyqtgraph", "onnxruntime", "numpy", "pydicom",
-                 "opencv-python-headless", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
-                 "pylibjpeg-rle", "pyinstaller", "pyinstaller-hooks-contrib")
+SIZE_BUDGET_MB = 350  # the target (docs/installing.md)
+SIZE_LIMIT_MB = 440  # tests/test_package.py's guard when built with the PyPI OpenCV (--opencv pypi)
+
+
+def _sibling(name: str):
+    """A module beside this file, loaded without putting build/ on sys.path."""
+    spec = importlib.util.spec_from_file_location(f"lantern_build_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package_env = _sibling("package_env")
 
 
 def demo_bundle() -> Path:
@@ -64,7 +74,7 @@ def executable(dist: Path) -> Path:
     return dist / NAME / (f"{NAME}.exe" if sys.platform == "win32" else NAME)
 
 
-def fingerprint() -> dict:
+def fingerprint(python: Path, opencv: str) -> dict:
     """Everything a build depends on, hashed per group."""
     def digest(files) -> str:
         h = hashlib.sha256()
@@ -81,16 +91,11 @@ def fingerprint() -> dict:
     sources = [p for pkg in ("engine", "viewer") for p in (ROOT / pkg).rglob("*.py")]
     build = [SPEC, ROOT / "build" / "lantern_entry.py", ROOT / "build" / "selftest_reference.json",
              ROOT / "pyproject.toml", *(ROOT / "build" / "licenses").glob("*.txt")]
-    dists = {}
-    for name in RUNTIME_DISTS:
-        try:
-            dists[name] = version(name)
-        except PackageNotFoundError:
-            dists[name] = None
     return {
         "python": sys.version,
         "platform": platform_tag(),
-        "dists": dists,
+        "dists": package_env.venv_versions(python),
+        "opencv": opencv,
         "sources": digest(sources),
         "build": digest([p for p in build if p.is_file()]),
         "bundle": digest([p for p in bundle_files if p.is_file()]),
@@ -136,17 +141,22 @@ def biggest(folder: Path, count: int = 12) -> list[tuple[int, str]]:
     return sorted(((s, k) for k, s in sizes.items()), reverse=True)[:count]
 
 
-def build(dist: Path, work: Path, force: bool = False) -> bool:
+def build(dist: Path, work: Path, force: bool = False, opencv: str = "slim") -> bool:
     """Build unless an up-to-date build is there; returns True when it built."""
+    python = package_env.package_venv(work, opencv)
+    missing = package_env.missing_cv2_names(python)
+    if missing:
+        raise SystemExit("package: the packaged OpenCV lacks what the sources use: " + ", ".join(missing)
+                         + ". Add its module to OPENCV_MODULES in build/package_env.py.")
     stamp = dist / f"{NAME}.inputs.json"
-    inputs = fingerprint()
+    inputs = fingerprint(python, opencv)
     if not force and executable(dist).is_file() and stamp.is_file():
         if json.loads(stamp.read_text()) == inputs:
             print(f"package: {dist / NAME} is up to date (inputs unchanged); not rebuilding")
             return False
     stamp.unlink(missing_ok=True)
     start = time.perf_counter()
-    command = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
+    command = [str(python), "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
                "--distpath", str(dist), "--workpath", str(work), str(SPEC)]
     print("package: " + " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT, preexec_fn=low_priority if os.name == "posix" else None)
@@ -185,10 +195,13 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     parser.add_argument("--no-archive", action="store_true")
     parser.add_argument("--no-selftest", action="store_true")
+    parser.add_argument("--opencv", choices=("slim", "pypi"), default=os.environ.get("LANTERN_PACKAGE_OPENCV", "slim"),
+                        help="slim: OpenCV built here with the modules Lantern uses (needs a C++ compiler; "
+                             "built once); pypi: the PyPI wheel as installed (about 150 MB more)")
     args = parser.parse_args(argv)
     dist = args.dist.resolve()
     with build_lock(dist):
-        built = build(dist, args.work.resolve(), args.force)
+        built = build(dist, args.work.resolve(), args.force, args.opencv)
         size = folder_size(dist / NAME)
         print(f"package: {dist / NAME} is {size / 1e6:.0f} MB (budget {SIZE_BUDGET_MB} MB); biggest parts:")
         for part_size, part in biggest(dist / NAME):

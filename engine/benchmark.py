@@ -44,6 +44,8 @@ MC_SAMPLES = 20
 THROUGHPUT_BATCH = 32
 TARGET_INT8_SPEEDUP = 4.0  # int8 full analysis vs torch fp32 full analysis
 TARGET_ANALYSIS_OVER_FORWARD = 1.5  # int8 full analysis vs its own plain forward
+PACKAGE_BUDGET_MB = 350  # issue 6: the packaged app's folder (build/package.py prints its parts)
+DEFAULT_PACKAGE = Path(__file__).resolve().parents[1] / "dist" / "lantern"
 
 
 def _demo_image() -> SourceImage:
@@ -226,6 +228,7 @@ def bench_command(args: argparse.Namespace) -> int:
         }
     if FAITHFULNESS_ENGINE in found:
         report["faithfulness"] = bench_faithfulness(Path(args.model), image, args.repeats)
+    report["package"] = package_size(args.package or DEFAULT_PACKAGE)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -258,7 +261,23 @@ def bench_command(args: argparse.Namespace) -> int:
         f = report["faithfulness"]
         print(f"faithfulness {f['engine']} one map + one class: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms "
               f"(want {f['target']}: {'met' if f['met'] else 'NOT met'})")
+    p = report["package"]
+    if p["built"]:
+        print(f"package   {p['folder']}: {p['mb']:.0f} MB (want <= {p['budget_mb']} MB: "
+              f"{'met' if p['met'] else 'NOT met'}; cold start: {p['folder']}/lantern --selftest)")
+    else:
+        print(f"package   not built at {p['folder']} (make package)")
     return 0
+
+
+def package_size(folder: Path) -> dict:
+    """The packaged app's folder size against issue 6's budget (make package builds it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {"folder": str(folder), "built": False}
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return {"folder": str(folder), "built": True, "mb": round(size / 1e6, 1), "budget_mb": PACKAGE_BUDGET_MB,
+            "met": size / 1e6 <= PACKAGE_BUDGET_MB}
 
 
 def _worker(argv: list[str]) -> int:

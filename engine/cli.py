@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--package", type=Path, default=None,
+                   help="packaged app folder whose size to report (default: dist/lantern of this checkout)")
 
     p = sub.add_parser("export", help="write the bundle's model as ONNX (explain graph + MC-dropout head), verified")
     p.add_argument("bundle", type=Path, help="model bundle folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -82,8 +83,7 @@ BUNDLED = (
     ("ONNX Runtime", "onnxruntime", "MIT"),
     ("pydicom", "pydicom", "MIT"),
     ("NumPy", "numpy", "BSD-3-Clause (bundles OpenBLAS, BSD-3-Clause)"),
-    ("OpenCV (headless)", "opencv-python-headless", "Apache-2.0 (bundles FFmpeg, LGPL-2.1; libvpx, libaom, "
-                                                    "OpenBLAS, BSD; OpenSSL 1.1, OpenSSL licence)"),
+    ("OpenCV (headless)", "opencv-python-headless", "Apache-2.0"),  # + what opencv_bundles() finds
     ("pylibjpeg", "pylibjpeg", "MIT"),
     ("pylibjpeg-libjpeg (libjpeg by Thomas Richter)", "pylibjpeg-libjpeg",
      "GPL-3.0: note that the package as a whole is then distributed under the GPL-3.0's terms"),
@@ -102,6 +102,16 @@ def app_version() -> str:
         return "unknown"
 
 
+def opencv_bundles() -> str:
+    """What the loaded OpenCV carries: the PyPI wheel links FFmpeg and more; the packaged app's
+    own build (build/package_env.py) has only its image codecs compiled in."""
+    import cv2
+
+    if re.search(r"FFMPEG:\s+YES", cv2.getBuildInformation()):
+        return " (bundles FFmpeg, LGPL-2.1; libvpx, libaom, OpenBLAS, BSD; OpenSSL 1.1, OpenSSL licence)"
+    return " (built with its own libpng, libjpeg-turbo, libtiff and zlib: BSD-style licences)"
+
+
 def about_html(window=None) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -114,6 +124,8 @@ def about_html(window=None) -> str:
             found = version(dist) if dist else sys.version.split()[0]
         except PackageNotFoundError:
             found = "not installed"
+        if dist == "opencv-python-headless":
+            licence += opencv_bundles()
         rows.append(f"<tr><td>{label}</td><td>{found}</td><td>{licence}</td></tr>")
     return (f"<h3>Lantern {app_version()}</h3><p>Grad-CAM explanations and MC-dropout uncertainty for a "
             f"local image classifier. Offline; not a medical device.</p><p><b>Model:</b> {loaded}</p>"

@@ -7,6 +7,8 @@ the demo model with the INT8 ONNX engine, waits for the analysed overlay, and th
   the figures stored for this exact model file (``build/selftest_reference.json``; the model's
   SHA-256 is in it) within a tolerance, and its Grad-CAM peak lies where it did;
 - the packaged app has no torch, and pydicom finds its JPEG / JPEG 2000 / RLE decoders;
+- the image codecs the packaged OpenCV was built with read PNG, JPEG and TIFF (8 and 16 bit)
+  through ``load_image``;
 - the window renders: a PNG of it is written (path printed) and must not be blank.
 
 It prints the cold-start time (process start to a shown window with the demo analysed; target
@@ -177,6 +179,38 @@ def check_codecs(report: Report) -> None:
                      ", ".join(decoder.available_plugins) or "no plugin found")
 
 
+def check_image_codecs(report: Report, work: Path) -> None:
+    """The package's OpenCV is built with three modules and its own PNG, JPEG and TIFF code
+    (build/package_env.py): each format must round-trip through the one image loader."""
+    import cv2
+    import numpy as np
+
+    from engine.errors import LanternError
+    from engine.images import load_image
+
+    ramp = np.linspace(0, 1, 64 * 48, dtype=np.float64).reshape(48, 64)
+    cases = {"gray8.png": (ramp * 255).astype(np.uint8), "gray16.png": (ramp * 65535).astype(np.uint16),
+             "gray16.tif": (ramp * 65535).astype(np.uint16),
+             "colour.jpg": np.dstack([(ramp * 255).astype(np.uint8)] * 3), "colour.tif": np.dstack(
+                 [(ramp * 255).astype(np.uint8), np.zeros((48, 64), np.uint8), (255 - ramp * 255).astype(np.uint8)])}
+    for name, pixels in cases.items():
+        path = work / name
+        ok, encoded = cv2.imencode(path.suffix, pixels)
+        if not report.check(ok, f"OpenCV writes {name}"):
+            continue
+        path.write_bytes(encoded.tobytes())
+        try:
+            image = load_image(path)
+        except LanternError as exc:
+            report.check(False, f"load_image reads {name}", str(exc))
+            continue
+        tolerance = 8 if name.endswith(".jpg") else 0  # JPEG is lossy
+        expected = pixels[..., ::-1] if pixels.ndim == 3 else pixels  # OpenCV is BGR, Lantern RGB
+        same = image.pixels.shape == expected.shape and float(
+            np.abs(image.pixels.astype(np.float64) - expected).max()) <= tolerance
+        report.check(same, f"load_image reads {name}", f"{image.pixels.dtype} {image.pixels.shape}")
+
+
 def check_teaching_set(report: Report, classes) -> None:
     """File > Teaching session > Demo teaching set must open in the packaged app too."""
     from engine.errors import LanternError
@@ -271,6 +305,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
 
     check_reference(report, loaded_model, reference, studies)
     check_codecs(report)
+    check_image_codecs(report, work)
     check_teaching_set(report, loaded_model.bundle.classes)
     if is_frozen():
         report.check(importlib.util.find_spec("torch") is None, "the package has no torch")
