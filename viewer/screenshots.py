@@ -24,6 +24,7 @@ def _grab(window, path: Path) -> None:
 
 
 def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_name: str = "auto") -> int:
+    from viewer.app import install_about
     from viewer.main_window import MainWindow
     from viewer.settings import Settings
 
@@ -31,6 +32,7 @@ def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lantern-shots-"))
     window = MainWindow(Settings(work / "settings.ini"))
+    install_about(window)  # the menu bar as `lantern` shows it (Help > About)
     window.resize(*SIZE)
     window.show()
     if model is None or not paths:
