@@ -6,9 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lantern-installed
 # Qt's xcb/offscreen plugins need these at run time; xvfb gives a real window without a screen.
+# nasm: the package's OpenCV compile (build/package_env.py) builds libjpeg-turbo's SIMD code with it.
 QT_SYSTEM_LIBS := libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
 	libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
-	libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 xvfb xauth
+	libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 xvfb xauth nasm
 
 .PHONY: setup system-deps run test bench screenshots package demo-model clean
 

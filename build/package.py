@@ -95,6 +95,7 @@ def fingerprint(python: Path, opencv: str) -> dict:
         "python": sys.version,
         "platform": platform_tag(),
         "dists": package_env.venv_versions(python),
+        "environment": package_env.recipe_digest(python),
         "opencv": opencv,
         "sources": digest(sources),
         "build": digest([p for p in build if p.is_file()]),
