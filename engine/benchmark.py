@@ -36,6 +36,7 @@ import numpy as np
 from .analysis import AnalysisOptions, analyze, load_model
 from .backends import available_engines
 from .bundle import load_bundle
+from .files import folder_size
 from .images import SourceImage, load_image
 from .preprocess import prepare_input
 
@@ -44,7 +45,7 @@ MC_SAMPLES = 20
 THROUGHPUT_BATCH = 32
 TARGET_INT8_SPEEDUP = 4.0  # int8 full analysis vs torch fp32 full analysis
 TARGET_ANALYSIS_OVER_FORWARD = 1.5  # int8 full analysis vs its own plain forward
-PACKAGE_BUDGET_MB = 350  # issue 6: the packaged app's folder (build/package.py prints its parts)
+PACKAGE_BUDGET_MB = 350  # issue 6: the packaged app's folder (build/package.py checks it too)
 DEFAULT_PACKAGE = Path(__file__).resolve().parents[1] / "dist" / "lantern"
 
 
@@ -275,7 +276,7 @@ def package_size(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         return {"folder": str(folder), "built": False}
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    size = folder_size(folder)
     return {"folder": str(folder), "built": True, "mb": round(size / 1e6, 1), "budget_mb": PACKAGE_BUDGET_MB,
             "met": size / 1e6 <= PACKAGE_BUDGET_MB}
 

@@ -58,3 +58,14 @@ def unused_path(path: str | Path) -> Path:
         if not candidate.exists():
             return candidate
     raise FileExistsError(f"no free file name next to {path}")
+
+
+def folder_size(folder: str | Path) -> int:
+    """Bytes in the files under ``folder`` (symlinks not followed or counted)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                total += path.stat().st_size
+    return total

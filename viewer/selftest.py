@@ -53,16 +53,6 @@ def package_folder() -> Path | None:
     return Path(sys.executable).resolve().parent if is_frozen() else None
 
 
-def folder_size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
-                total += path.stat().st_size
-    return total
-
-
 def process_started() -> tuple[float, str]:
     """Wall-clock time the process started, and how it was found."""
     try:
@@ -337,6 +327,8 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
 
     folder = package_folder()
     if folder is not None:
+        from engine.files import folder_size
+
         print(f"  package folder: {folder} ({folder_size(folder) / 1e6:.0f} MB)", flush=True)
     if report.failures:
         print(f"SELF-TEST FAILED ({len(report.failures)}): " + "; ".join(report.failures), flush=True)
