@@ -7,7 +7,7 @@ the three modules Lantern uses: build/package_env.py), PyInstaller with build/la
 into DIR/lantern (default dist/), then the archive DIR/lantern-<version>-<os>-<arch>.tar.gz (.zip
 on Windows), then `DIR/lantern/lantern --selftest`. A build is reused when none of its inputs
 changed (the spec, the engine and viewer sources, the shipped bundle and studies, the reference
-figures, the packaging environment's package versions): the fingerprint is
+figures, what the packaging environment was made from): the fingerprint is
 DIR/lantern.inputs.json. Runs the same on Windows and macOS.
 """
 
@@ -97,8 +97,7 @@ def fingerprint(python: Path, opencv: str) -> dict:
     return {
         "python": sys.version,
         "platform": platform_tag(),
-        "dists": package_env.venv_versions(python),
-        "environment": package_env.recipe_digest(python),
+        "environment": package_env.recipe_digest(python),  # pinned versions, OpenCV wheel's SHA-256
         "opencv": opencv,
         "sources": digest(sources),
         "build": digest([p for p in build if p.is_file()]),

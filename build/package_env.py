@@ -189,17 +189,6 @@ def recipe_digest(python: Path) -> str:
     return hashlib.sha256(stamp.read_bytes()).hexdigest() if stamp.is_file() else ""
 
 
-def venv_versions(python: Path) -> dict[str, str | None]:
-    """RUNTIME_DISTS' versions inside the packaging environment (the build's fingerprint)."""
-    code = ("import json, importlib.metadata as m\n"
-            "def v(n):\n"
-            "    try: return m.version(n)\n"
-            "    except m.PackageNotFoundError: return None\n"
-            f"print(json.dumps({{n: v(n) for n in {list(RUNTIME_DISTS)!r}}}))")
-    return json.loads(subprocess.run([str(python), "-c", code], check=True, capture_output=True,
-                                     text=True).stdout)
-
-
 def used_cv2_names() -> dict[str, str]:
     """Every `cv2.NAME` in the engine and viewer sources, with the first file that uses it."""
     used: dict[str, str] = {}

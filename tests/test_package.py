@@ -2,7 +2,7 @@
 
 The frozen-app test builds dist/lantern with build/package.py and runs
 `dist/lantern/lantern --selftest`. On a fresh checkout that first makes the torch-free packaging
-environment and compiles OpenCV's three modules (about 6-12 min on 2 cores, once; both are kept
+environment and compiles OpenCV's three modules (about 12 min on 2 cores, once; both are kept
 in build/work/); a rebuild takes 1-2 min and an unchanged build is reused, so later runs take
 only the self-test's ~10 s. Tests that need the demo model's ONNX files skip until the bundle
 has them.
