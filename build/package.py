@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from engine.benchmark import PACKAGE_BUDGET_MB
+from engine.cli.bench import PACKAGE_BUDGET_MB
 from engine.files import folder_size
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,31 +14,21 @@ from typing import Generator
 
 import numpy as np
 
-from .backends import Backend, open_backend
-from .bundle import ModelBundle, load_bundle
-from .cam import ClassMaps, get_method
-from .images import SourceImage
-from .preprocess import ModelInput, prepare_input
-from .uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
+from engine.backends import Backend, open_backend
+from engine.bundle import ModelBundle, load_bundle
+from engine.cam import DEFAULT_METHOD, ClassMaps, get_method
+from engine.images import SourceImage
+from engine.preprocess import ModelInput, prepare_input
+from engine.steps import Progress, run_to_end
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    methods: tuple[str, ...] = ("gradcam",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     mc_samples: int = DEFAULT_SAMPLES  # 0 = no MC dropout
     seed: int = 0
     confidence_threshold: float = DEFAULT_THRESHOLD
-
-
-@dataclass(frozen=True)
-class Progress:
-    stage: str
-    step: int
-    total: int
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total
 
 
 @dataclass(frozen=True)
@@ -168,9 +158,4 @@ def analysis_steps(
 
 
 def analyze(image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
-    steps = analysis_steps(image, model, options)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(analysis_steps(image, model, options))

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelBundleError
-from .files import write_json_atomic
+from engine.errors import ModelBundleError
+from engine.files import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -82,7 +82,7 @@ class ModelBundle:
     synthetic_demo: bool = False
     map_alignment: str = "resize"  # see MAP_ALIGNMENTS
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
-    # Temperature scaling fitted on a labelled folder (engine/temperature.py); 1 = none.
+    # Temperature scaling fitted on a labelled folder (engine/trust/temperature.py); 1 = none.
     temperature: float = 1.0
     # Per-class probability cut-offs ("operating points"); classes not listed use DEFAULT_CUTOFF.
     cutoffs: dict[str, float] = field(default_factory=dict)

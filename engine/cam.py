@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .preprocess import Geometry, grid_to_source_affine, map_to_source
+from engine.preprocess import Geometry, grid_to_source_affine, map_to_source
 
 _EPS = 1e-7
 
@@ -73,7 +73,16 @@ class LayerCam(CamMethod):
         return np.maximum(gradients, 0.0)
 
 
+# The one list of explanation methods: everything else (command line, viewer, evaluation,
+# exports) takes names, labels and the default from here.
 METHODS: dict[str, CamMethod] = {m.name: m for m in (GradCam(), GradCamPlusPlus(), LayerCam())}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+DEFAULT_METHOD = GradCam.name
+
+
+def method_label(name: str) -> str:
+    """What a reader sees for a method name ("Grad-CAM++" for "gradcam++")."""
+    return METHODS[name].label if name in METHODS else name
 
 
 def get_method(name: str) -> CamMethod:

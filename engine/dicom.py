@@ -45,7 +45,7 @@ from engine.dicom_header import (
     number_of_frames,
     tag_rows,
 )
-from engine.images import SourceImage, Window, percentile_window
+from engine.source_image import SourceImage, Window, percentile_window
 
 log = logging.getLogger(__name__)
 

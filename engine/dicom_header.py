@@ -15,7 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from engine.images import DicomTag, ImageMetadata
+from engine.source_image import DicomTag, ImageMetadata
 
 log = logging.getLogger("engine.dicom")
 

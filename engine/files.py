@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -21,6 +22,17 @@ def _mode_for(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         return 0o666 & ~_UMASK
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_name(text: str, fallback: str) -> str:
+    """``text`` as a file-name part that is the same on every OS and cannot leave its folder:
+    runs of anything but letters, digits and ``._+-`` become one underscore; ``fallback`` when
+    nothing is left (or only dots)."""
+    name = _UNSAFE.sub("_", text).strip("_")
+    return name if name.strip(".") else fallback
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .bundle import InputSpec
-from .images import SourceImage
+from engine.bundle import InputSpec
+from engine.images import SourceImage
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from engine import AnalysisOptions, LanternError, analyze, load_image, load_model
-from engine.batch import BatchOptions, batch_steps, run_batch
-from engine.cli import main
+from engine.workflows.batch import BatchOptions, batch_steps, run_batch
+from engine.cli.main import main
 
 STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
 GOOD = ("demo_nodule.dcm", "demo_normal.dcm", "demo_multiframe.dcm", "demo_nodule.png")

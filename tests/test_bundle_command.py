@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 import torchvision  # noqa: E402
 
 from engine.analysis import AnalysisOptions, analyze, load_model  # noqa: E402
-from engine.cli import main  # noqa: E402
+from engine.cli.main import main  # noqa: E402
 from engine.images import ImageMetadata, SourceImage, Window  # noqa: E402
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.calibration import ReliabilityDiagram, reliability_diagram
+from engine.trust.calibration import ReliabilityDiagram, reliability_diagram
 
 
 def test_bins_and_ece_match_hand_computed_values():

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 
 STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
 
@@ -54,7 +54,7 @@ def test_bad_input_is_reported_and_the_rest_still_runs(tiny_bundle, tmp_path, ca
 
 
 def test_missing_model_exits_with_a_message_not_a_traceback(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "engine.cli", "explain", str(STUDY / "demo_nodule.png"),
+    run = subprocess.run([sys.executable, "-m", "engine.cli.main", "explain", str(STUDY / "demo_nodule.png"),
                           "--out", str(tmp_path), "--model", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2

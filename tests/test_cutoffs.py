@@ -3,7 +3,7 @@ import json
 import pytest
 
 from engine.bundle import DEFAULT_CUTOFF, parse_manifest
-from engine.calibration import calibration_status, evaluation_reliability, reliability_diagram
+from engine.trust.calibration import calibration_status, evaluation_reliability, reliability_diagram
 from engine.errors import LanternError, ModelBundleError
 
 BASE = {

@@ -10,10 +10,10 @@ import pydicom
 import pytest
 
 from engine import AnalysisOptions, LanternError, analyze, load_image, load_model
-from engine.anonymize import Pseudonymizer
-from engine.dicom_export import export_dicom
-from engine.pictures import side_by_side
-from engine.report import render_report, report_entry, study_details
+from engine.exports.anonymize import Pseudonymizer
+from engine.exports.dicom_export import export_dicom
+from engine.exports.pictures import side_by_side
+from engine.exports.report import render_report, report_entry, study_details
 
 STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
 IDENTIFYING = (b"DEMO^NODULE", b"LANTERN-DEMO-1", b"DEMO^MULTIFRAME", b"LANTERN-DEMO-4", b"20240315", b"DEMO0001")

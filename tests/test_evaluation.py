@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.calibration import reliability_diagram
-from engine.evaluation import (class_metrics, confusion_matrix, metrics, pointing_hit, pointing_tolerance,
+from engine.trust.calibration import reliability_diagram
+from engine.workflows.evaluation import (class_metrics, confusion_matrix, metrics, pointing_hit, pointing_tolerance,
                                roc_curve)
-from engine.temperature import fit_temperature, nll, tempered
+from engine.trust.temperature import fit_temperature, nll, tempered
 
 CLASSES = ("normal", "nodule", "effusion")
 TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching"
@@ -107,7 +107,7 @@ def _copy_teaching(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_evaluate_command_writes_json_and_figures_and_never_overwrites(tmp_path, tiny_bundle, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     out = tmp_path / "out"
     assert main(["evaluate", str(TEACHING), "--model", str(tiny_bundle), "--engine", "torch", "--out", str(out)]) == 0
@@ -123,7 +123,7 @@ def test_evaluate_command_writes_json_and_figures_and_never_overwrites(tmp_path,
     matrix = np.array(m["confusion_matrix"]["rows_true_columns_predicted"])
     assert matrix.sum() == 14 and matrix.sum(axis=1).tolist() == [5, 5, 4]
     assert m["accuracy"] == pytest.approx(np.trace(matrix) / 14)
-    # The reliability diagram is engine.calibration's, from the same probabilities.
+    # The reliability diagram is engine.trust.calibration's, from the same probabilities.
     probs = np.array([[c["probabilities"][k] for k in CLASSES] for c in report["cases"]])
     truth = np.array([CLASSES.index(c["true"]) for c in report["cases"]])
     expected = reliability_diagram(probs.max(1), probs.argmax(1) == truth)
@@ -139,7 +139,7 @@ def test_evaluate_command_writes_json_and_figures_and_never_overwrites(tmp_path,
 def test_fit_temperature_is_stored_in_the_bundle_and_applied_by_analyze(tmp_path, tiny_bundle):
     from engine import analyze, load_image, load_model
     from engine.bundle import load_bundle
-    from engine.cli import main
+    from engine.cli.main import main
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from engine.analysis import AnalysisOptions, analyze, load_model
-from engine.faithfulness import (
+from engine.trust.faithfulness import (
     DEFAULT_STEPS, FaithfulnessScore, chance_map, input_map, perturbed_inputs, pixel_order, score_analyses, score_analysis,
     score_map, scores_to_dict,
 )
-from engine.phantoms import make_phantom
+from engine.synthetic.phantoms import make_phantom
 
 
 class SquareDetector:
@@ -73,7 +73,7 @@ def test_score_is_json_ready_and_refuses_a_map_of_the_wrong_size():
 
 
 def _phantom_analyses(model, count=6):
-    from engine.training import phantom_image
+    from engine.making.training import phantom_image
 
     rng = np.random.default_rng(21)
     analyses = []
@@ -90,7 +90,7 @@ def _phantom_analyses(model, count=6):
 def test_trained_maps_beat_random_maps_and_the_randomised_models_maps(demo_bundle, engine, count, steps):
     pytest.importorskip("torch")
     from engine.backends.torch_backend import cascading_randomization
-    from engine.sanity import cam_map_function, torch_model_for
+    from engine.trust.sanity import cam_map_function, torch_model_for
 
     model = load_model(demo_bundle, engine)
     *_, (_, randomized) = cascading_randomization(torch_model_for(model).backend, seed=0)
@@ -131,7 +131,7 @@ def test_input_map_covers_the_model_input(demo_bundle):
 
 
 def test_explain_writes_faithfulness_into_result_json(demo_bundle, demo_studies, tmp_path):
-    from engine.cli import main
+    from engine.cli.main import main
 
     code = main(["explain", str(demo_studies / "demo_nodule.dcm"), "--out", str(tmp_path), "--model",
                  str(demo_bundle), "--engine", "onnx-int8", "--mc", "0", "--faithfulness", "predicted"])

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.labels import LabelsError, read_labels
+from engine.workflows.labels import LabelsError, read_labels
 
 CLASSES = ("normal", "nodule", "effusion")
 TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching" / "labels.csv"

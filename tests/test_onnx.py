@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> Path:
     """A tiny bundle exported to ONNX (fp32 explain graph + head)."""
-    from engine.onnx_export import export_bundle
+    from engine.making.onnx_export import export_bundle
 
     folder = make_bundle(tmp_path_factory.mktemp("onnx") / "tiny3", target_layer="layer3")
     export_bundle(folder, verify_images=3)
@@ -39,7 +39,7 @@ def exported(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quantized(exported, tmp_path_factory) -> Path:
     """A copy of the exported bundle with an int8 model (thresholds relaxed for a random model)."""
-    from engine.quantization import quantize_bundle
+    from engine.making.quantization import quantize_bundle
 
     folder = tmp_path_factory.mktemp("int8") / "tiny3"
     shutil.copytree(exported, folder)
@@ -49,7 +49,7 @@ def quantized(exported, tmp_path_factory) -> Path:
 
 
 def _inputs(bundle, n, seed=123):
-    from engine.onnx_export import heldout_inputs
+    from engine.making.onnx_export import heldout_inputs
 
     return heldout_inputs(bundle, n, seed)[0]
 
@@ -58,7 +58,7 @@ def test_export_reproduces_torch_maps_and_logits(exported):
     from engine.backends.onnx_backend import OnnxBackend
     from engine.backends.torch_backend import TorchBackend
     from engine.bundle import load_bundle
-    from engine.onnx_export import class_maps, map_correlation
+    from engine.making.onnx_export import class_maps, map_correlation
 
     bundle = load_bundle(exported)
     assert bundle.manifest["onnx"] == {"fp32": "model.onnx", "head": "head.onnx"}
@@ -91,7 +91,7 @@ def test_export_refuses_a_wrong_graph_and_leaves_nothing(exported, tmp_path, mon
     import onnx
     from onnx import numpy_helper
 
-    import engine.onnx_export as onnx_export
+    import engine.making.onnx_export as onnx_export
     from engine.errors import LanternError
 
     folder = make_bundle(tmp_path / "fresh", target_layer="layer3")
@@ -101,7 +101,7 @@ def test_export_refuses_a_wrong_graph_and_leaves_nothing(exported, tmp_path, mon
     cached = {"explain": onnx.load(str(exported / "model.onnx")), "head": onnx.load(str(exported / "head.onnx"))}
 
     def cached_export(module, args, input_names, output_names, dynamic_shapes):
-        from engine.onnx_export import flatten_gradient_branch
+        from engine.making.onnx_export import flatten_gradient_branch
 
         proto = flatten_gradient_branch(cached["explain"]) if input_names[0] == "input" else cached["head"]
         proto = onnx.ModelProto.FromString(proto.SerializeToString())
@@ -129,7 +129,7 @@ def test_export_refuses_a_wrong_graph_and_leaves_nothing(exported, tmp_path, mon
 
 def test_quantize_refuses_then_writes_and_records_validation(exported, tmp_path):
     from engine.bundle import load_bundle
-    from engine.quantization import INT8_FILE, QuantizationRefused, quantize_bundle
+    from engine.making.quantization import INT8_FILE, QuantizationRefused, quantize_bundle
 
     folder = tmp_path / "b"
     shutil.copytree(exported, folder)
@@ -146,7 +146,7 @@ def test_quantize_refuses_then_writes_and_records_validation(exported, tmp_path)
 def test_quantize_can_drop_the_fp32_model_for_shipping(quantized, tmp_path):
     from engine.backends import available_engines
     from engine.bundle import load_bundle
-    from engine.quantization import quantize_bundle
+    from engine.making.quantization import quantize_bundle
 
     folder = tmp_path / "ship"
     shutil.copytree(quantized, folder)
@@ -199,7 +199,7 @@ def test_engines_give_the_same_kind_of_analysis(quantized, tmp_path):
     from engine import AnalysisOptions, analyze, load_image, load_model
 
     png = tmp_path / "phantom.png"
-    from engine.phantoms import make_dataset
+    from engine.synthetic.phantoms import make_dataset
 
     pixels = make_dataset(1, seed=5)[0][0]
     cv2.imwrite(str(png), np.clip(pixels / pixels.max() * 65535, 0, 65535).astype(np.uint16))
@@ -217,7 +217,7 @@ def test_engines_give_the_same_kind_of_analysis(quantized, tmp_path):
         assert set(r.to_dict()) == set(ref.to_dict())
     onnx_result = results["onnx"]
     np.testing.assert_allclose(onnx_result.logits, ref.logits, atol=1e-4)
-    from engine.onnx_export import map_correlation
+    from engine.making.onnx_export import map_correlation
 
     for method in ref.maps:
         for c in range(3):
@@ -277,7 +277,7 @@ def test_onnx_analysis_runs_without_torch(quantized, tmp_path):
 
 
 def test_cli_has_export_and_quantize():
-    from engine.cli import build_parser
+    from engine.cli.main import build_parser
 
     args = build_parser().parse_args(["quantize", "some/bundle", "--dynamic", "--calibration", "50"])
     assert args.command == "quantize" and args.dynamic and args.calibration == 50
@@ -285,9 +285,9 @@ def test_cli_has_export_and_quantize():
 
 
 def test_bench_figures_for_an_onnx_engine(quantized):
-    from engine.benchmark import _ratios, bench_engine
-    from engine.phantoms import make_phantom
-    from engine.training import phantom_image
+    from engine.cli.bench import _ratios, bench_engine
+    from engine.synthetic.phantoms import make_phantom
+    from engine.making.training import phantom_image
 
     image = phantom_image(make_phantom(np.random.default_rng(0), 1, 128).image)
     figures = bench_engine(quantized, "onnx-int8", image, repeats=3)

@@ -71,7 +71,7 @@ def test_reference_comparison_names_what_differs():
 
 def test_about_licences_match_package_metadata():
     """The About box's licence column agrees with what each installed package declares."""
-    from viewer.app import BUNDLED, about_html
+    from viewer.about import BUNDLED, about_html
 
     for label, dist, licence in BUNDLED:
         if dist is None:
@@ -133,7 +133,7 @@ def test_frozen_app_selftest():
 
 def test_bench_reports_package_size_against_budget(tmp_path):
     """`lantern-engine bench` reports the packaged folder's size (issue 6's budget)."""
-    from engine.benchmark import PACKAGE_BUDGET_MB, package_size
+    from engine.cli.bench import PACKAGE_BUDGET_MB, package_size
 
     assert package_size(tmp_path / "absent") == {"folder": str(tmp_path / "absent"), "built": False}
     folder = tmp_path / "lantern"

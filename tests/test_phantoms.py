@@ -1,4 +1,4 @@
-"""Synthetic phantoms (engine.phantoms) and the demo studies made from them (engine.demo_data)."""
+"""Synthetic phantoms (engine.synthetic.phantoms) and the demo studies made from them (engine.synthetic.demo_data)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import UID
 
-from engine.demo_data import DEMO_FILES, write_demo_studies
-from engine.phantoms import CLASSES, Phantom, make_dataset, make_phantom
+from engine.synthetic.demo_data import DEMO_FILES, write_demo_studies
+from engine.synthetic.phantoms import CLASSES, Phantom, make_dataset, make_phantom
 
 NORMAL, NODULE, EFFUSION = (CLASSES.index(c) for c in ("normal", "nodule", "effusion"))
 
@@ -142,7 +142,7 @@ def test_phantoms_module_needs_no_torch_or_qt():
     import subprocess
 
     code = (
-        "import sys, engine.phantoms, engine.demo_data; "
+        "import sys, engine.synthetic.phantoms, engine.synthetic.demo_data; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'PyQt5')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -215,11 +215,11 @@ def test_demo_studies_are_reproducible(tmp_path, demo_dir):
 
 
 def test_shipped_demo_studies_are_up_to_date(demo_dir):
-    """resources/studies holds exactly what `python -m engine.demo_data` writes today."""
+    """resources/studies holds exactly what `python -m engine.synthetic.demo_data` writes today."""
     shipped = Path(__file__).resolve().parents[1] / "resources" / "studies"
     if not (shipped / "README.txt").exists():
         pytest.skip("no shipped demo studies in this checkout")
-    stale = "is stale: run `python -m engine.demo_data resources/studies`"
+    stale = "is stale: run `python -m engine.synthetic.demo_data resources/studies`"
     for name in DEMO_FILES:
         assert (shipped / name).exists(), name
         if not name.endswith(".dcm"):

@@ -4,10 +4,10 @@ import pytest
 
 from engine.analysis import load_model
 from engine.errors import EngineUnavailableError
-from engine.phantoms import make_phantom
+from engine.synthetic.phantoms import make_phantom
 from engine.preprocess import prepare_input
-from engine.sanity import BARELY_CHANGES, check_randomization, randomization_steps, torch_model_for
-from engine.similarity import average_ranks, method_agreement, spearman, ssim
+from engine.trust.sanity import BARELY_CHANGES, check_randomization, randomization_steps, torch_model_for
+from engine.trust.similarity import average_ranks, method_agreement, spearman, ssim
 
 
 def edge_detector(backend, model_input, class_index):
@@ -41,7 +41,7 @@ def test_ssim_is_one_for_identical_structure_and_low_for_unrelated_noise():
 
 
 def _phantom_input(bundle, label, seed):
-    from engine.training import phantom_image
+    from engine.making.training import phantom_image
 
     return prepare_input(phantom_image(make_phantom(np.random.default_rng(seed), label, 256).image), bundle.input)
 
@@ -93,7 +93,7 @@ def test_onnx_only_bundle_says_the_check_needs_pytorch(demo_bundle, tmp_path):
 
 def test_method_agreement_pairs_every_method(demo_bundle):
     from engine.analysis import AnalysisOptions, analyze
-    from engine.training import phantom_image
+    from engine.making.training import phantom_image
 
     model = load_model(demo_bundle, "onnx-int8")
     image = phantom_image(make_phantom(np.random.default_rng(9), 1, 256).image)

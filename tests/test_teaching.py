@@ -16,7 +16,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtWidgets import QDockWidget, QLabel, QPushButton, QToolBar  # noqa: E402
 
 import engine  # noqa: E402
-from engine.labels import read_labels  # noqa: E402
+from engine.workflows.labels import read_labels  # noqa: E402
 from viewer.main_window import MainWindow  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 from viewer.teaching import TeachingWindow  # noqa: E402

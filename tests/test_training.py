@@ -16,8 +16,8 @@ def test_train_demo_writes_a_loadable_bundle(tmp_path, precision):
     from safetensors.numpy import load_file
 
     from engine.analysis import AnalysisOptions, analyze, load_model
-    from engine.phantoms import make_dataset
-    from engine.training import phantom_image, train_demo
+    from engine.synthetic.phantoms import make_dataset
+    from engine.making.training import phantom_image, train_demo
 
     lines = []
     metrics = train_demo(tmp_path, epochs=1, per_epoch=64, batch=32, precision=precision,

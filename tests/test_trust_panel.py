@@ -13,8 +13,8 @@ pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import Qt  # noqa: E402
 
-from engine.calibration import reliability_diagram  # noqa: E402
-from engine.faithfulness import score_analysis  # noqa: E402
+from engine.trust.calibration import reliability_diagram  # noqa: E402
+from engine.trust.faithfulness import score_analysis  # noqa: E402
 from viewer.main_window import MainWindow  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 
@@ -182,7 +182,7 @@ def test_gauges_mark_cut_offs_and_warn_that_the_model_was_never_calibrated(uncal
 
 
 def test_compare_view_shows_method_agreement(nodule_window):
-    from engine.similarity import method_agreement
+    from engine.trust.similarity import method_agreement
 
     window = nodule_window
     analysis = window.session.analysis

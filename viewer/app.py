@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = ROOT / "resources" / "models" / "demo"
-DEMO_STUDIES = ROOT / "resources" / "studies"
-ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+from engine.backends import ENGINES
+from engine.resources import DEMO_MODEL, DEMO_STUDIES
+from viewer.about import install_about
+from viewer.qt_app import headless_if_needed, make_app
+
+ENGINE_CHOICES = ("auto", *ENGINES)
 
 log = logging.getLogger("lantern.app")
 
@@ -22,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="*", metavar="FILES_OR_FOLDER",
                         help="images or folders to open (default: the demo studies)")
     parser.add_argument("--model", type=Path, help="model bundle folder (default: the demo model)")
-    parser.add_argument("--engine", choices=ENGINES, help="inference engine (default: remembered, else auto)")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, help="inference engine (default: remembered, else auto)")
     parser.add_argument("--screenshots", type=Path, metavar="DIR", help="render documentation PNGs and exit")
     parser.add_argument("--bench", action="store_true", help="measure display and analysis latency and exit")
     parser.add_argument("--json", action="store_true", help="with --bench: print one JSON object")
@@ -31,11 +32,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--selftest-png", type=Path, metavar="PNG", help="with --selftest: where to save the window")
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)  # tests, screenshots
     return parser.parse_args(argv)
-
-
-def headless_if_needed() -> None:
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def default_paths(args) -> list[Path]:
@@ -54,15 +50,6 @@ def default_model(args, remembered: str = "") -> Path | None:
     return None
 
 
-def make_app():
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setOrganizationName("Lantern")
-    app.setApplicationName("Lantern")
-    return app
-
-
 def install_excepthook(window) -> None:
     """An exception escaping a Qt slot is logged with its traceback and shown in the banner;
     the window stays open."""
@@ -74,70 +61,6 @@ def install_excepthook(window) -> None:
             sys.__excepthook__(kind, value, tb)
 
     sys.excepthook = hook
-
-
-# What the packaged app bundles and under which licence (from each package's metadata).
-BUNDLED = (
-    ("Qt 6 / PySide6, shiboken6", "PySide6_Essentials", "LGPL-3.0 (used under the LGPL; GPL-2.0/3.0 also offered)"),
-    ("pyqtgraph", "pyqtgraph", "MIT"),
-    ("ONNX Runtime", "onnxruntime", "MIT"),
-    ("pydicom", "pydicom", "MIT"),
-    ("NumPy", "numpy", "BSD-3-Clause (bundles OpenBLAS, BSD-3-Clause)"),
-    ("OpenCV (headless)", "opencv-python-headless", "Apache-2.0"),  # + what opencv_bundles() finds
-    ("pylibjpeg", "pylibjpeg", "MIT"),
-    ("pylibjpeg-libjpeg (libjpeg by Thomas Richter)", "pylibjpeg-libjpeg",
-     "GPL-3.0: note that the package as a whole is then distributed under the GPL-3.0's terms"),
-    ("pylibjpeg-openjpeg (OpenJPEG)", "pylibjpeg-openjpeg", "MIT; OpenJPEG itself BSD-2-Clause"),
-    ("pylibjpeg-rle", "pylibjpeg-rle", "MIT"),
-    ("Python", None, "PSF-2.0"),
-)
-
-
-def app_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lantern")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def opencv_bundles() -> str:
-    """What the loaded OpenCV carries: the PyPI wheel links FFmpeg and more; the packaged app's
-    own build (build/package_env.py) has only its image codecs compiled in."""
-    import cv2
-
-    if re.search(r"FFMPEG:\s+YES", cv2.getBuildInformation()):
-        return " (bundles FFmpeg, LGPL-2.1; libvpx, libaom, OpenBLAS, BSD; OpenSSL 1.1, OpenSSL licence)"
-    return " (built with its own libpng, libjpeg-turbo, libtiff and zlib: BSD-style licences)"
-
-
-def about_html(window=None) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    model = getattr(getattr(window, "session", None), "model", None)
-    loaded = (f"{model.bundle.name} {model.bundle.version}, engine {model.engine}" if model is not None
-              else "no model loaded")
-    rows = []
-    for label, dist, licence in BUNDLED:
-        try:
-            found = version(dist) if dist else sys.version.split()[0]
-        except PackageNotFoundError:
-            found = "not installed"
-        if dist == "opencv-python-headless":
-            licence += opencv_bundles()
-        rows.append(f"<tr><td>{label}</td><td>{found}</td><td>{licence}</td></tr>")
-    return (f"<h3>Lantern {app_version()}</h3><p>Grad-CAM explanations and MC-dropout uncertainty for a "
-            f"local image classifier. Offline; not a medical device.</p><p><b>Model:</b> {loaded}</p>"
-            "<p>Lantern is Apache-2.0. It bundles:</p><table cellspacing=4>" + "".join(rows) +
-            "</table><p>Licence texts are in the package's licenses and *.dist-info folders.</p>")
-
-
-def install_about(window) -> None:
-    from PySide6.QtWidgets import QMessageBox
-
-    menu = window.menuBar().addMenu("&Help")
-    menu.addAction("About Lantern…", lambda: QMessageBox.about(window, "About Lantern", about_html(window)))
 
 
 def main(argv=None) -> int:

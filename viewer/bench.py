@@ -19,7 +19,7 @@ import numpy as np
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
-from engine.demo_data import radiograph_dicom_bytes
+from engine.synthetic.demo_data import radiograph_dicom_bytes
 from viewer.jobs import wait_until
 
 REPEATS = 20

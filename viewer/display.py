@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 
+from engine.cam import METHOD_NAMES, method_label
+
 # (label, width, center) in Hounsfield units, as reading rooms know them.
 WINDOW_PRESETS: tuple[tuple[str, float, float], ...] = (
     ("Soft tissue", 400.0, 40.0),
@@ -23,8 +25,8 @@ WINDOW_PRESETS: tuple[tuple[str, float, float], ...] = (
 
 # Perceptually uniform maps first; jet only because readers ask for it.
 COLORMAPS: tuple[str, ...] = ("viridis", "inferno", "magma", "plasma", "cividis", "jet")
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "Layer-CAM"}
-METHODS = tuple(METHOD_LABELS)
+METHOD_LABELS = {name: method_label(name) for name in METHOD_NAMES}
+METHODS = METHOD_NAMES
 CONTOUR_LEVELS = (0.2, 0.4, 0.6, 0.8)
 _CONTOUR_HALF_WIDTH = 0.012
 

@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QHBoxLayout, QHe
                                QVBoxLayout)
 
 import engine
-from engine.evaluate_command import fit_and_store, write_outputs
-from engine.evaluation_run import build_report, evaluation_steps
-from engine.labels import read_labels
+from engine.workflows.evaluation_outputs import fit_and_store, write_outputs
+from engine.workflows.evaluation_run import build_report, evaluation_steps
+from engine.workflows.labels import read_labels
 from viewer import theme
 from viewer.display import METHOD_LABELS
 from viewer.menus import menu_named

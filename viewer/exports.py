@@ -17,7 +17,7 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QStandardPaths
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QFileDialog
 
-from engine.anonymize import Pseudonymizer
+from engine.exports.anonymize import Pseudonymizer
 from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from viewer.actions import _action
 from viewer.menus import menu_named
@@ -113,7 +113,7 @@ class Exporter:
             record = analysis.to_dict() | {"shown": {"method": method, "class": analysis.classes[class_index]}}
             job = lambda: write_json_atomic(unused_path(path), record)  # noqa: E731
         elif kind == "dicom":
-            from engine.dicom_export import export_dicom
+            from engine.exports.dicom_export import export_dicom
 
             job = lambda: export_dicom(path, image, analysis, method, class_index, pseudonyms=pseudonyms)  # noqa: E731
         else:
@@ -132,7 +132,7 @@ class Exporter:
 
 def write_html_report(path: Path, image, analysis, bundle, method: str, class_index: int,
                       pseudonyms: Pseudonymizer | None) -> Path:
-    from engine.report import render_report, report_entry, study_details, write_report
+    from engine.exports.report import render_report, report_entry, study_details, write_report
 
     meta = image.metadata
     anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name) if pseudonyms else None

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
                                QVBoxLayout, QWidget)
 
+from engine.cam import DEFAULT_METHOD
 from viewer import actions, theme, workflows
 from viewer.annotations import corner_texts
 from viewer.class_strip import ClassStrip
@@ -296,7 +297,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
             self.restoreGeometry(geometry)
         method = self.settings.get("overlay/method")
         self.controls.set_values(
-            method=method if method in METHODS else "gradcam",
+            method=method if method in METHODS else DEFAULT_METHOD,
             opacity=self.settings.get("overlay/opacity"), colormap=self.settings.get("overlay/colormap"),
             threshold=self.settings.get("overlay/threshold"), scale=self.settings.get("overlay/scale"),
             contour=self.settings.get("overlay/contour"))

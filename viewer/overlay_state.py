@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.similarity import method_agreement
+from engine.trust.similarity import method_agreement
 from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, overlay_step, thumbnail, thumbnail_step
 
 

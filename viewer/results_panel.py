@@ -9,7 +9,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from engine.calibration import calibration_status
+from engine.trust.calibration import calibration_status
 from engine.errors import LanternError
 from viewer import theme
 

@@ -24,7 +24,7 @@ def _grab(window, path: Path) -> None:
 
 
 def render_screenshots(out: Path, paths: list[Path], model: Path | None, engine_name: str = "auto") -> int:
-    from viewer.app import install_about
+    from viewer.about import install_about
     from viewer.main_window import MainWindow
     from viewer.settings import Settings
 

@@ -33,10 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from engine.resources import DEMO_MODEL, DEMO_STUDIES, ROOT, TEACHING_LABELS
+
 REFERENCE = ROOT / "build" / "selftest_reference.json"
-DEMO_MODEL = ROOT / "resources" / "models" / "demo"
-DEMO_STUDIES = ROOT / "resources" / "studies"
 ENGINE = "onnx-int8"
 PROBABILITY_TOLERANCE = 0.03  # absolute, per class: int8 kernels differ a little between CPUs
 PEAK_TOLERANCE = 0.06  # fraction of the image's longer side
@@ -204,16 +203,15 @@ def check_image_codecs(report: Report, work: Path) -> None:
 def check_teaching_set(report: Report, classes) -> None:
     """File > Teaching session > Demo teaching set must open in the packaged app too."""
     from engine.errors import LanternError
-    from engine.labels import read_labels
-    from viewer.teaching import DEMO_TEACHING_SET
+    from engine.workflows.labels import read_labels
 
     try:
-        cases = read_labels(DEMO_TEACHING_SET, classes).cases
+        cases = read_labels(TEACHING_LABELS, classes).cases
     except LanternError as exc:
-        report.check(False, "demo teaching set readable", f"{DEMO_TEACHING_SET}: {exc}")
+        report.check(False, "demo teaching set readable", f"{TEACHING_LABELS}: {exc}")
         return
     report.check(len(cases) > 0 and all(c.path.is_file() for c in cases), "demo teaching set readable",
-                 f"{len(cases)} cases in {DEMO_TEACHING_SET.parent}")
+                 f"{len(cases)} cases in {TEACHING_LABELS.parent}")
 
 
 def check_reference(report: Report, model, reference_path: Path, studies: Path) -> None:
@@ -302,7 +300,8 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     else:
         report.info("torch", "not checked in a source checkout")
 
-    from viewer.app import about_html, app_version, install_about
+    from viewer.about import about_html, install_about
+    from engine.version import lantern_version as app_version
 
     install_about(window)
     about = about_html(window)
@@ -349,9 +348,13 @@ def main(argv=None) -> int:
     if args.write_reference:
         return write_reference(args.model, args.studies, args.out)
     # Without --write-reference: the GUI self-test, as `lantern --selftest` runs it.
-    from viewer.app import main as app_main
+    from viewer.logs import setup_logging
+    from viewer.qt_app import headless_if_needed, make_app
 
-    return app_main(["--selftest", "--model", str(args.model), str(args.studies)])
+    headless_if_needed()
+    make_app()
+    setup_logging()
+    return run_selftest(args.model, args.studies, None, ENGINE)
 
 
 if __name__ == "__main__":

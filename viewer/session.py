@@ -11,13 +11,14 @@ from typing import Callable
 from PySide6.QtCore import QObject, Signal
 
 import engine
+from engine.cam import DEFAULT_METHOD, METHOD_NAMES
+from engine.uncertainty import DEFAULT_SAMPLES
 from viewer import logs
 from viewer.display import DisplayImage, make_display_image, map_to_uint8, overlay_step
 from viewer.jobs import JobRunner
 
 log = logging.getLogger("lantern.session")
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Session(QObject):
     analysisState = Signal(str)  # running / done / cancelled / failed
     analysisFailed = Signal(str)
 
-    def __init__(self, parent: QObject | None = None, *, mc_samples: int = 20,
+    def __init__(self, parent: QObject | None = None, *, mc_samples: int = DEFAULT_SAMPLES,
                  steps_factory: Callable | None = None):
         super().__init__(parent)
         self.runner = JobRunner(self)
@@ -82,7 +83,7 @@ class Session(QObject):
         self.analysis = None
         # (method, class, scale, step) -> uint8 overlay data made on the worker with the analysis
         self.display_maps: dict[tuple, object] = {}
-        self.shown_method = DEFAULT_METHODS[0]  # the window's method: its overlay is made first
+        self.shown_method = DEFAULT_METHOD  # the window's method: its overlay is made first
         self.mc_samples = mc_samples
         # Tests substitute a slow or failing generator here; production uses the engine's.
         self.steps_factory = steps_factory or engine.analysis_steps
@@ -184,7 +185,7 @@ class Session(QObject):
         self.cancel()
         source, model = self.source, self.model
         self._analysed_source = source
-        options = engine.AnalysisOptions(methods=DEFAULT_METHODS, mc_samples=self.mc_samples)
+        options = engine.AnalysisOptions(methods=METHOD_NAMES, mc_samples=self.mc_samples)
         factory, method = self.steps_factory, self.shown_method
         self._analysis_request = self.runner.steps(
             lambda: with_display_maps(factory(source, model, options), method), "analysing an image",

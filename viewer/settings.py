@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
+from engine.cam import DEFAULT_METHOD
+
 log = logging.getLogger("lantern.settings")
 
 ORGANIZATION = "Lantern"
@@ -20,7 +22,7 @@ MAX_RECENT = 10
 DEFAULTS = {
     "overlay/opacity": 0.5,
     "overlay/colormap": "inferno",
-    "overlay/method": "gradcam",
+    "overlay/method": DEFAULT_METHOD,
     "overlay/threshold": 0.2,
     "overlay/scale": "normalized",
     "overlay/contour": False,

@@ -3,7 +3,7 @@
 the truth; at the end the learner's score is set against the model's and exported as CSV.
 
 File > Teaching session > Demo teaching set opens the set shipped in resources/teaching;
-"Open labels file…" any folder with a labels CSV (engine/labels.py). No file name, patient or
+"Open labels file…" any folder with a labels CSV (engine/workflows/labels.py). No file name, patient or
 date is shown anywhere in the window.
 """
 
@@ -21,18 +21,16 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QHBoxLayout
                                QWidget)
 
 import engine
-from engine.labels import read_labels
+from engine.resources import DEMO_MODEL, TEACHING_LABELS
+from engine.workflows.labels import read_labels
 from viewer import theme
-from viewer.display import METHOD_LABELS, map_to_uint8, overlay_lut, overlay_step
+from viewer.display import METHOD_LABELS, METHODS, map_to_uint8, overlay_lut, overlay_step
 from viewer.menus import menu_named
 from viewer.presentation import Presentation
 from viewer.results_panel import ResultsPanel
 from viewer.teaching_session import TeachingSession
 from viewer.viewport import Viewport
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_TEACHING_SET = ROOT / "resources" / "teaching" / "labels.csv"
-DEMO_MODEL = ROOT / "resources" / "models" / "demo"
 TRUTH_COLOR = (80, 220, 120, 255)
 MARK_COLOR = "#4fd0ff"
 
@@ -125,7 +123,7 @@ class TeachingWindow(QMainWindow):
         column.addWidget(self.verdict)
         maps = QHBoxLayout()
         self.method_box = QComboBox()
-        for key in ("gradcam", "gradcam++", "layercam"):
+        for key in METHODS:
             self.method_box.addItem(METHOD_LABELS[key], key)
         self.class_box = QComboBox()
         self.class_box.addItems(list(self.session.classes))
@@ -332,7 +330,7 @@ def install(window) -> None:
     else:
         file_menu.addMenu(menu)
     demo = menu.addAction("Demo teaching set")
-    demo.triggered.connect(lambda *_: open_teaching(window, DEMO_TEACHING_SET))
+    demo.triggered.connect(lambda *_: open_teaching(window, TEACHING_LABELS))
     other = menu.addAction("Open labels file…")
     other.triggered.connect(lambda *_: _choose_labels(window))
     window.actions_["teaching_demo"] = demo

@@ -17,13 +17,14 @@ import numpy as np
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 import engine
-from engine.evaluation import pointing_hit, pointing_tolerance
+from engine.cam import METHOD_NAMES
+from engine.uncertainty import DEFAULT_SAMPLES
+from engine.workflows.evaluation import pointing_hit, pointing_tolerance
 from engine.files import unused_path, write_bytes_atomic
-from engine.labels import LabelledCase, LabelledSet
+from engine.workflows.labels import LabelledCase, LabelledSet
 from viewer.display import DisplayImage, make_display_image
 from viewer.jobs import JobRunner
 
-METHODS = ("gradcam", "gradcam++", "layercam")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class TeachingSession(QObject):
     revealed = Signal(object, object)  # Answer, engine.Analysis
     finished = Signal()
 
-    def __init__(self, labelled: LabelledSet, model, parent: QObject | None = None, *, mc_samples: int = 20):
+    def __init__(self, labelled: LabelledSet, model, parent: QObject | None = None, *, mc_samples: int = DEFAULT_SAMPLES):
         super().__init__(parent)
         self.labelled = labelled
         self.model = model
@@ -124,7 +125,7 @@ class TeachingSession(QObject):
             return
         self.shown = shown
         self.caseShown.emit(shown)
-        options = engine.AnalysisOptions(methods=METHODS, mc_samples=self.mc_samples)
+        options = engine.AnalysisOptions(methods=METHOD_NAMES, mc_samples=self.mc_samples)
         source, model = shown.source, self.model
         self._request = self.runner.steps(lambda: engine.analysis_steps(source, model, options),
                                           "analysing a teaching case", self._analysed, self._failed,

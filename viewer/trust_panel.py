@@ -13,11 +13,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QScrollArea, QVBoxLayout, QWidget)
 
-from engine.calibration import calibration_status, evaluation_reliability
+from engine.trust.calibration import calibration_status, evaluation_reliability
 from engine.errors import LanternError
-from engine.faithfulness import chance_map, score_analysis, score_map
+from engine.trust.faithfulness import chance_map, score_analysis, score_map
 from engine.files import unused_path, write_json_atomic
-from engine.sanity import randomization_steps
+from engine.trust.sanity import randomization_steps
 from viewer.display import METHOD_LABELS
 from viewer.menus import menu_named
 from viewer.trust_views import FaithfulnessView, ReliabilityView, SanityView, section

@@ -1,4 +1,4 @@
-"""The worklist: a folder or DICOMDIR triaged in the background (engine.batch), one row per image,
+"""The worklist: a folder or DICOMDIR triaged in the background (engine.workflows.batch), one row per image,
 flagged (low-confidence) images first; selecting a row opens it in the side-by-side view.
 
 The batch writes its results and resume record under Lantern's own data folder (one subfolder per
@@ -95,7 +95,7 @@ class WorklistPanel(QWidget):
 
     def run(self, source: Path) -> None:
         import engine
-        from engine.batch import BatchOptions, batch_steps
+        from engine.workflows.batch import BatchOptions, batch_steps
 
         model = self.window.session.model
         if model is None:

@@ -1,4 +1,4 @@
-"""The worklist's table: one row per analysed image (engine.batch_record.BatchRow), and the proxy
+"""The worklist's table: one row per analysed image (engine.workflows.batch_record.BatchRow), and the proxy
 that sorts it (flagged and least confident first by default) and filters it by text or flag."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ TEXT_COLUMNS = (0, 1, 2, 3)
 class WorklistModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.rows: list = []  # engine.batch_record.BatchRow
+        self.rows: list = []  # engine.workflows.batch_record.BatchRow
 
     def set_rows(self, rows) -> None:
         self.beginResetModel()

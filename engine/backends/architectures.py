@@ -13,8 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ..bundle import ModelBundle
-from ..errors import ModelBundleError
+from engine.bundle import ModelBundle
+from engine.errors import ModelBundleError
 
 
 class LinearWithDropout(nn.Linear):

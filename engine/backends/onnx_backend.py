@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import ModelBundle
-from ..errors import EngineUnavailableError, ModelBundleError
-from . import ForwardOutputs
+from engine.bundle import ModelBundle
+from engine.errors import EngineUnavailableError, ModelBundleError
+from engine.backends.base import ForwardOutputs
 
 THREADS = 2
 

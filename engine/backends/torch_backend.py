@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import ModelBundle
-from ..errors import ModelBundleError
-from . import ForwardOutputs
-from .architectures import build_model, head_module_name, load_weights, target_layer_name
+from engine.bundle import ModelBundle
+from engine.errors import ModelBundleError
+from engine.backends.base import ForwardOutputs
+from engine.backends.architectures import build_model, head_module_name, load_weights, target_layer_name
 
 
 class _Capture:

@@ -1,0 +1,165 @@
+"""``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo, export,
+quantize, evaluate, batch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import LanternError
+from engine.resources import DEMO_MODEL
+from engine.cam import DEFAULT_METHOD, METHOD_NAMES
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD
+
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEMO_MODEL, help="model bundle folder (default: the demo model)")
+    p.add_argument("--engine", default="auto", help="torch, onnx, onnx-int8 or auto (default: fastest available)")
+
+
+def _add_batch_parser(sub) -> None:
+    p = sub.add_parser("batch", help="triage a folder or DICOMDIR: worklist CSV + per-image results (resumable)")
+    p.add_argument("source", type=Path, help="folder (searched recursively) or DICOMDIR")
+    p.add_argument("--out", type=Path, required=True, help="output folder (not inside the source folder)")
+    _add_model_args(p)
+    p.add_argument("--method", default=None, choices=METHOD_NAMES,
+                   help=f"also make maps with this method (default: none for plain triage, {DEFAULT_METHOD} when exporting)")
+    p.add_argument("--mc", type=int, default=DEFAULT_SAMPLES, help="Monte-Carlo dropout samples for the confidence (0: none)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="flag images whose confidence is below this")
+    p.add_argument("--png", action="store_true", help="write the side-by-side picture of each image")
+    p.add_argument("--dicom", action="store_true", help="write each explanation as a DICOM Secondary Capture")
+    p.add_argument("--report", action="store_true", help="write a one-page HTML report per study")
+    p.add_argument("--anonymize", action="store_true",
+                   help="pseudonymize patient IDs and strip identifying attributes from exports and the worklist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lantern-engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("explain", help="analyse images; write result.json and one overlay PNG per class")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    _add_model_args(p)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_NAMES, help="explanation method")
+    p.add_argument("--mc", type=int, default=DEFAULT_SAMPLES, help="Monte-Carlo dropout samples (0: none)")
+    p.add_argument("--frame", type=int, default=0, help="frame of a multi-frame file (from 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faithfulness", choices=("predicted", "all"), default=None,
+                   help="also score the maps' faithfulness (deletion/insertion AUC, docs/trust.md) for the "
+                        "predicted class or all classes, into result.json")
+
+    _add_batch_parser(sub)
+
+    p = sub.add_parser("bundle", help="wrap a trained torchvision state dict into a model bundle")
+    p.add_argument("--arch", required=True, help="resnet18, resnet50, densenet121, efficientnet_b0, "
+                   "convnext_tiny or mobilenet_v3_large")
+    p.add_argument("--weights", type=Path, required=True, help=".safetensors, or a .pt/.pth state dict")
+    p.add_argument("--classes", required=True, help="comma-separated class names, in output order")
+    p.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    p.add_argument("--name")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--size", type=int, nargs="+", default=[224], help="input size: S or H W")
+    p.add_argument("--resize", default="letterbox", help="stretch, letterbox or center_crop")
+    p.add_argument("--intensity", default="percentile", help="percentile, window, minmax or unit8")
+    p.add_argument("--normalization", default=None, help="imagenet or xray (default by channels)")
+    p.add_argument("--dropout", type=float, default=0.2, help="head dropout used for MC uncertainty")
+    p.add_argument("--target-layer", default=None, help="layer to explain (default: last conv block)")
+    p.add_argument("--intended-use", default="")
+
+    p = sub.add_parser("bench", help="time plain forward vs full analysis on the demo model")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--package", type=Path, default=None,
+                   help="packaged app folder whose size to report (default: dist/lantern of this checkout)")
+
+    p = sub.add_parser("export", help="write the bundle's model as ONNX (explain graph + MC-dropout head), verified")
+    p.add_argument("bundle", type=Path, help="model bundle folder")
+    p.add_argument("--verify", type=int, default=8, help="held-out phantoms to verify against PyTorch")
+
+    p = sub.add_parser("quantize", help="write a validated INT8 ONNX model (after export)")
+    p.add_argument("bundle", type=Path, help="model bundle folder")
+    p.add_argument("--calibration", type=int, default=100, help="calibration phantoms (static quantization)")
+    p.add_argument("--validate", type=int, default=60, help="held-out phantoms to validate against fp32")
+    p.add_argument("--dynamic", action="store_true", help="dynamic instead of static quantization")
+    p.add_argument("--drop-fp32", action="store_true",
+                   help="then remove the fp32 model from the bundle (ship int8 + head only)")
+
+    p = sub.add_parser("evaluate", help="metrics, ROC, confusion, reliability and pointing game on a labelled "
+                       "folder; writes metrics.json and PNG figures")
+    p.add_argument("dir", type=Path, help="folder with the images and the labels CSV")
+    p.add_argument("--labels", type=Path, default=Path("labels.csv"),
+                   help="labels CSV (file,class[,mask]), relative to DIR or absolute (default: labels.csv)")
+    p.add_argument("--out", type=Path, default=Path("evaluations"), help="where the results folder is made")
+    p.add_argument("--fit-temperature", action="store_true",
+                   help="fit temperature scaling on this folder and store it in the bundle")
+    _add_model_args(p)
+
+    p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")
+    p.add_argument("--out", type=Path, default=DEMO_MODEL)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--per-epoch", type=int, default=3000)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bfloat16 autocast where the CPU has it in hardware (AVX512-BF16/AMX), else float32")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="do not train: measure the existing bundle again and update its model card")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "explain":
+            from engine.cli.commands import explain_files
+
+            return explain_files(args)
+        if args.command == "batch":
+            from engine.cli.batch_command import batch_command
+
+            return batch_command(args)
+        if args.command == "bundle":
+            from engine.cli.commands import bundle_command
+
+            return bundle_command(args)
+        if args.command == "bench":
+            from engine.cli.bench import bench_command
+
+            return bench_command(args)
+        if args.command == "export":
+            from engine.making.onnx_export import export_bundle
+
+            export_bundle(args.bundle, verify_images=args.verify, log=lambda m: print(m, file=sys.stderr))
+            return 0
+        if args.command == "quantize":
+            from engine.making.quantization import quantize_bundle
+
+            quantize_bundle(args.bundle, calibration_images=args.calibration, validation_images=args.validate,
+                            dynamic=args.dynamic, drop_fp32=args.drop_fp32, log=lambda m: print(m, file=sys.stderr))
+            return 0
+        if args.command == "evaluate":
+            from engine.cli.evaluate_command import evaluate_command
+
+            return evaluate_command(args)
+        if args.command == "train-demo":
+            from engine.making.training import reevaluate_demo, train_demo
+
+            if args.evaluate_only:
+                reevaluate_demo(args.out)
+            else:
+                train_demo(args.out, epochs=args.epochs, per_epoch=args.per_epoch, precision=args.precision)
+            return 0
+    except LanternError as exc:
+        print(f"lantern-engine: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lantern-engine: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

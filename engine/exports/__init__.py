@@ -1,0 +1,10 @@
+"""What Lantern writes for people and other systems, in the packaged app too.
+
+    overlay        heatmap colouring and blending onto the source picture
+    pictures       the side-by-side picture (original | explanation)
+    report         one self-contained HTML page per study
+    dicom_export   the explanation as a DICOM object in the source's study
+    anonymize      pseudonyms and attribute removal for anonymized exports
+    figures        ROC, confusion and reliability plots as PNG
+Every file goes through engine.files (atomic, never over a source).
+"""

@@ -1,0 +1,146 @@
+"""The explanation as DICOM: an RGB Secondary Capture any PACS or viewer opens (Weasis, OHIF).
+
+The picture is the class map burned into the windowed source image (same rows and columns, so
+PixelSpacing still holds), with the method, class and "not for primary diagnosis" burned in too
+for viewers that show no descriptions. It joins its source's study (same StudyInstanceUID) as a
+new series, and points back at the source image (SourceImageSequence, ReferencedImageSequence).
+Model name and version, engine, method and the notice are in SeriesDescription, ImageComments
+and DerivationDescription. A PNG source has no study: the export starts a new one.
+
+Plain pydicom: a Secondary Capture needs nothing more, and highdicom (with its dependencies)
+would add size to the packaged app for one object type.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from engine.analysis import Analysis
+from engine.exports.anonymize import Pseudonymizer, anonymize_dataset
+from engine.errors import LanternError
+from engine.files import unused_path, write_bytes_atomic
+from engine.images import SourceImage
+from engine.exports.pictures import NOT_FOR_DIAGNOSIS, caption, chosen_map, explanation_rgb
+from engine.version import lantern_version
+from engine.cam import method_label
+
+SOFTWARE = f"Lantern {lantern_version()}"
+SERIES_NUMBER = 9001  # high, so that the explanation series sorts after the acquired ones
+COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription",
+          "PatientOrientation", "PixelSpacing", "Laterality", "BodyPartExamined")
+LANTERN_TEXT = ("SeriesDescription", "ImageComments", "DerivationDescription")
+
+
+def source_header(image: SourceImage) -> Dataset | None:
+    """The source's DICOM header (no pixels), or None for a PNG/JPEG/TIFF source."""
+    if not image.metadata.sop_instance_uid:
+        return None
+    try:
+        return pydicom.dcmread(image.path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # it was read a moment ago; a failure now is a changed or vanished file
+        raise LanternError(f"the source file could not be read again for the export: {exc}", image.path) from exc
+
+
+def description(analysis: Analysis, method: str, class_index: int) -> str:
+    return (f"{NOT_FOR_DIAGNOSIS}. {method_label(method)} map for class '{analysis.classes[class_index]}' "
+            f"(probability {analysis.probabilities[class_index]:.3f}) from model {analysis.model_name} "
+            f"{analysis.model_version} ({analysis.engine} engine), made by {SOFTWARE}.")
+
+
+def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | None = None,
+                        class_index: int | None = None, *, series_uid: str | None = None,
+                        instance_number: int = 1, pseudonyms: Pseudonymizer | None = None) -> Dataset:
+    method, class_index, _ = chosen_map(analysis, method, class_index)
+    rgb = explanation_rgb(image, analysis, method, class_index)
+    rgb = caption(rgb, [f"{method_label(method)}: {analysis.classes[class_index]}", NOT_FOR_DIAGNOSIS])
+    header = source_header(image)
+    now = datetime.now()
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    for keyword in COPIED:
+        if header is not None and keyword in header:
+            setattr(ds, keyword, header.data_element(keyword).value)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientOrientation"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # Type 2: present, maybe empty
+    if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
+        ds.StudyInstanceUID = generate_uid()  # a PNG source: the export opens a study of its own
+    ds.Modality = str(header.get("Modality", "") or "OT") if header is not None else "OT"
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.SeriesNumber = SERIES_NUMBER
+    ds.InstanceNumber = instance_number
+    ds.SeriesDescription = f"{NOT_FOR_DIAGNOSIS}: {method_label(method)}"[:64]
+    ds.ImageComments = description(analysis, method, class_index)
+    ds.DerivationDescription = ds.ImageComments
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = "Lantern"
+    ds.SoftwareVersions = SOFTWARE
+    ds.SecondaryCaptureDeviceManufacturer = "Lantern"
+    ds.SecondaryCaptureDeviceManufacturerModelName = f"{analysis.model_name} {analysis.model_version}"[:64]
+    ds.SecondaryCaptureDeviceSoftwareVersions = SOFTWARE
+    ds.BurnedInAnnotation = "NO"  # the burned-in text names the method and class, never the patient
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LossyImageCompression = "00"
+    if header is not None and "SOPInstanceUID" in header:
+        ds.SourceImageSequence = Sequence([_reference(header, analysis.frame)])
+        ds.ReferencedImageSequence = Sequence([_reference(header, analysis.frame)])
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if pseudonyms is not None:
+        anonymize_dataset(ds, pseudonyms, keep=LANTERN_TEXT)
+    return ds
+
+
+def _reference(header: Dataset, frame: int) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = header.get("SOPClassUID", "")
+    item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+    if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        item.ReferencedFrameNumber = frame + 1
+    return item
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def export_dicom(path: str | Path, image: SourceImage, analysis: Analysis, method: str | None = None,
+                 class_index: int | None = None, **options) -> Path:
+    """Write the explanation as a new file: ``path``, or a fresh name beside it if taken."""
+    target = unused_path(path)
+    if target.resolve() == Path(image.path).resolve():
+        raise LanternError("refusing to write over the source image", target)
+    ds = explanation_dataset(image, analysis, method, class_index, **options)
+    return write_bytes_atomic(target, dataset_bytes(ds))
+
+
+__all__ = ["explanation_dataset", "export_dicom", "dataset_bytes", "source_header"]

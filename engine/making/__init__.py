@@ -1,0 +1,8 @@
+"""Model making: needs PyTorch and is never in the packaged app.
+
+    training       train the demo model on phantoms
+    onnx_export    the bundle's model as ONNX with all-class gradients in the graph, verified
+    quantization   static INT8 of that graph, validated against fp32
+
+Nothing outside engine.cli imports this package (an import-linter contract in pyproject.toml).
+"""

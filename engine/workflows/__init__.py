@@ -1,0 +1,6 @@
+"""Work over many images with one loaded model, in the packaged app too.
+
+    batch          triage a folder or DICOMDIR (resumable; batch_record keeps what is done)
+    labels         the labels file (file, class, optional mask)
+    evaluation     metrics of labelled cases (evaluation_run runs the analyses for them)
+"""

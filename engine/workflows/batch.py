@@ -1,0 +1,232 @@
+"""Batch triage: every image of a folder or DICOMDIR through one loaded model, resumably.
+
+``batch_steps`` is a generator like ``analysis.analysis_steps``: it yields :class:`Progress`
+between chunks of images (a caller cancels by closing it) and returns a :class:`BatchResult`.
+
+What it computes is what a worklist needs: probabilities and the MC-dropout confidence that flags
+an image, the same figures the viewer shows for it. Without ``method`` no maps are made and the
+images go through the engine in batches (the ONNX engines return the head input with the logits,
+so MC dropout reuses it); with ``method`` each image gets a full ``analyze`` with that one method,
+and ``on_analysis`` receives it (exports).
+
+Three stages overlap: one thread loads and prepares the next chunk while the engine runs the
+current one, and another writes results (each file fsync'ed by files.py) behind them. The record
+(batch_record.py) is saved every few seconds and when the batch ends or is closed, so a
+cancelled batch resumes where it stopped. Nothing is written outside ``out``.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generator, Iterable
+
+import numpy as np
+
+from engine.analysis import Analysis, AnalysisOptions, LoadedModel, analyze, mc_uncertainty
+from engine.steps import Progress, run_to_end
+from engine.exports.anonymize import Pseudonymizer
+from engine.workflows.batch_record import BatchItem, BatchRecord, BatchRow, item_key, item_name, make_row, worklist_csv
+from engine.errors import LanternError
+from engine.files import unused_path, write_bytes_atomic, write_json_atomic
+from engine.images import SourceImage, load_image
+from engine.preprocess import prepare_input
+from engine.studies import scan_studies
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, softmax
+
+CSV_NAME = "worklist.csv"
+SAVE_EVERY_S = 3.0  # record saves: often enough to lose little on a crash, rare enough to cost little
+
+Exporter = Callable[[SourceImage, Analysis, BatchItem, "Pseudonymizer | None"], Iterable[Path]]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    method: str | None = None  # None: triage only (no maps, batched forward)
+    mc_samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    confidence_threshold: float = DEFAULT_THRESHOLD
+    chunk: int = 16  # images per forward batch, and per progress step
+    anonymize: bool = False
+
+    def identity(self) -> list:
+        """What, besides the file and the model, makes a result what it is."""
+        return [self.method, self.mc_samples, self.seed, self.confidence_threshold, self.anonymize]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    out: Path
+    rows: tuple[BatchRow, ...]
+    failures: tuple[tuple[Path, str], ...]  # files not analysed, with the reason in plain words
+    analysed: int  # newly analysed in this run
+    reused: int  # found in the record from an earlier run
+    csv: Path | None = None
+    written: tuple[Path, ...] = field(default=())  # exports made by ``on_analysis``
+
+
+def batch_items(source: str | Path) -> tuple[list[BatchItem], list[tuple[Path, str]]]:
+    """Every frame of every image under ``source`` (a folder or a DICOMDIR), and what was skipped."""
+    scan = scan_studies(source)
+    items = []
+    for study in scan.studies:
+        for series in study.series:
+            for ref in series.images:
+                for frame in range(ref.frames):
+                    items.append(BatchItem(ref.path, frame, study.patient_id, study.description,
+                                           study.study_date, study.study_uid, ref.sop_instance_uid))
+    return items, list(scan.skipped)
+
+
+def check_output_folder(source: Path, out: Path) -> None:
+    """Results are never mixed with sources: refuse an output folder inside the scanned one."""
+    root = (source if source.is_dir() else source.parent).resolve()
+    if out.resolve() == root or out.resolve().is_relative_to(root):
+        raise LanternError("the output folder is inside the folder being analysed; choose one outside it, "
+                           "so that results are never written beside the source images", out)
+
+
+def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
+                   head_input: np.ndarray) -> dict:
+    """The part of ``Analysis.to_dict()`` a triage computes, under the same keys."""
+    uncertainty, note = mc_uncertainty(model, head_input, options.mc_samples, options.seed,
+                                       options.confidence_threshold)
+    classes = model.bundle.classes
+    probabilities = softmax(logits.astype(np.float64) / model.bundle.temperature)
+    return {
+        "source": str(item.path), "frame": item.frame,
+        "model": {"name": model.bundle.name, "version": model.bundle.version}, "engine": model.engine,
+        "classes": list(classes),
+        "logits": [round(float(v), 6) for v in logits],
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probabilities)},
+        "predicted_class": classes[int(np.argmax(probabilities))],
+        "methods": [],
+        "uncertainty": uncertainty.to_dict() if uncertainty else None,
+        "uncertainty_note": note,
+    }
+
+
+def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
+    """Runs on the loader thread: images (and, for triage, model inputs), and what failed."""
+    loaded, failures = [], []
+    for index, item, key in chunk:
+        try:
+            image = load_image(item.path, item.frame, with_tags=False)  # a batch never shows them
+        except LanternError as exc:
+            failures.append((item.path, exc.reason))
+            continue
+        tensor = prepare_input(image, model.bundle.input).tensor if options.method is None else None
+        loaded.append((index, item, key, image, tensor))
+    return loaded, failures
+
+
+def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exporter | None,
+             pseudonyms: Pseudonymizer | None, written: list) -> list[tuple[int, BatchItem, str, dict]]:
+    if options.method is not None:
+        analysis_options = AnalysisOptions(methods=(options.method,), mc_samples=options.mc_samples,
+                                           seed=options.seed, confidence_threshold=options.confidence_threshold)
+        done = []
+        for index, item, key, image, _ in loaded:
+            analysis = analyze(image, model, analysis_options)
+            if on_analysis is not None:
+                written.extend(on_analysis(image, analysis, item, pseudonyms))
+            done.append((index, item, key, analysis.to_dict() | {"method": options.method}))
+        return done
+    if not loaded:
+        return []
+    logits, head_inputs = model.backend.forward_features(np.concatenate([entry[4] for entry in loaded]))
+    return [(index, item, key, _triage_record(item, model, item_logits, options, head_input))
+            for (index, item, key, _, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
+
+
+def _fresh_path(path: Path, claimed: set[Path]) -> Path:
+    """unused_path, also avoiding names this run has handed out but not yet written."""
+    candidate, n = unused_path(path), 2
+    while candidate in claimed:
+        candidate, n = unused_path(path.with_name(f"{path.stem}-{n}{path.suffix}")), n + 1
+    claimed.add(candidate)
+    return candidate
+
+
+def _write_result(record: BatchRecord, key: str, row: BatchRow, target: Path, data: dict) -> None:
+    """Runs on the writer thread, which alone touches the record until the batch ends."""
+    write_json_atomic(target, data)
+    record.entries[key] = row.to_record()
+
+
+def _raise_failed_writes(writes: list[Future]) -> None:
+    for future in [f for f in writes if f.done()]:
+        future.result()  # re-raises a failed write (disk full, permissions) here
+        writes.remove(future)
+
+
+def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
+                on_analysis: Exporter | None = None,
+                on_row: Callable[[BatchRow], None] | None = None) -> Generator[Progress, None, BatchResult]:
+    """``on_row`` hears of every row as soon as it is known (reused ones first), on the thread
+    running the batch: a worklist fills while the batch runs."""
+    source, out = Path(source), Path(out)
+    check_output_folder(source, out)
+    items, failures = batch_items(source)
+    out.mkdir(parents=True, exist_ok=True)
+    record = BatchRecord(out)
+    pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
+    root = source if source.is_dir() else source.parent
+    identity = [model.bundle.name, model.bundle.version, model.bundle.temperature, model.engine,
+                *options.identity()]
+    rows: dict[int, BatchRow] = {}
+    todo: list[tuple[int, BatchItem, str]] = []
+    for index, item in enumerate(items):
+        try:
+            key = item_key(item, identity)
+        except OSError as exc:
+            failures.append((item.path, f"could not be read: {exc.strerror or exc}"))
+            continue
+        if key in record.entries:
+            rows[index] = BatchRow.from_record(record.entries[key])
+        else:
+            todo.append((index, item, key))
+    reused, written, claimed, writes = len(rows), [], set(), []
+    report_row = on_row or (lambda _row: None)
+    for index in sorted(rows):
+        report_row(rows[index])
+    chunks = [todo[start : start + options.chunk] for start in range(0, len(todo), options.chunk)]
+    yield Progress(f"{reused} already analysed, {len(todo)} to go", 0, max(len(todo), 1))
+    loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-write")
+    try:
+        upcoming = loader.submit(_load_chunk, chunks[0], model, options) if chunks else None
+        last_save, step = time.monotonic(), 0
+        for n, chunk in enumerate(chunks):
+            loaded, load_failures = upcoming.result()
+            failures.extend(load_failures)
+            if n + 1 < len(chunks):
+                upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
+            for index, item, key, data in _analyse(loaded, model, options, on_analysis, pseudonyms, written):
+                target = _fresh_path(out / "results" / f"{item_name(item, root)}.json", claimed)
+                rows[index] = make_row(item, data, target.relative_to(out).as_posix(), pseudonyms)
+                report_row(rows[index])
+                writes.append(writer.submit(_write_result, record, key, rows[index], target, data))
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                writes.append(writer.submit(record.save))
+                last_save = time.monotonic()
+            _raise_failed_writes(writes)
+            step += len(chunk)
+            yield Progress(f"analysed {step} of {len(todo)}", step, len(todo))
+    finally:  # also when the caller closes the generator (cancel): keep what is done
+        loader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+        record.save()
+    for future in writes:
+        future.result()
+    ordered = tuple(rows[i] for i in sorted(rows))
+    csv_path = write_bytes_atomic(unused_path(out / CSV_NAME), worklist_csv(ordered))
+    return BatchResult(out, ordered, tuple(failures), len(ordered) - reused, reused, csv_path, tuple(written))
+
+
+def run_batch(source, out, model: LoadedModel, options: BatchOptions = BatchOptions(),
+              on_analysis: Exporter | None = None,
+              progress: Callable[[Progress], None] | None = None) -> BatchResult:
+    return run_to_end(batch_steps(source, out, model, options, on_analysis), progress)
