@@ -19,8 +19,9 @@ from engine.bundle import ModelBundle, load_bundle
 from engine.cam import DEFAULT_METHOD, ClassMaps, get_method
 from engine.images import SourceImage
 from engine.preprocess import ModelInput, prepare_input
+from engine.result import result_record
 from engine.steps import Progress, run_to_end
-from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, softmax
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, calibrated_probabilities
 
 
 @dataclass(frozen=True)
@@ -73,28 +74,14 @@ class Analysis:
     def predicted_class(self) -> str:
         return self.classes[self.predicted]
 
-    def to_dict(self) -> dict:
-        return {
-            "source": str(self.source),
-            "frame": self.frame,
-            "model": {"name": self.model_name, "version": self.model_version},
-            "engine": self.engine,
-            "classes": list(self.classes),
-            "logits": [round(float(v), 6) for v in self.logits],
-            "probabilities": {c: round(float(p), 6) for c, p in zip(self.classes, self.probabilities)},
-            "predicted_class": self.predicted_class,
-            "methods": list(self.maps),
-            "map_peaks": {
-                m: {c: list(cm.peak(i)) for i, c in enumerate(self.classes)} for m, cm in self.maps.items()
-            },
-            "map_maxima": {
-                m: {c: round(float(cm.grid[i].max()), 6) for i, c in enumerate(self.classes)}
-                for m, cm in self.maps.items()
-            },
-            "uncertainty": self.uncertainty.to_dict() if self.uncertainty else None,
-            "uncertainty_note": self.uncertainty_note,
-            "timings_ms": {k: round(v * 1000, 3) for k, v in self.timings.items()},
-        }
+    def to_dict(self, method: str | None = None) -> dict:
+        """This analysis in the one result schema (engine.result); ``method``: the map written
+        or shown, if any."""
+        return result_record(source=self.source, frame=self.frame, model_name=self.model_name,
+                             model_version=self.model_version, engine=self.engine, classes=self.classes,
+                             logits=self.logits, probabilities=self.probabilities, uncertainty=self.uncertainty,
+                             uncertainty_note=self.uncertainty_note, maps=self.maps, timings=self.timings,
+                             method=method)
 
 
 def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, seed: int,
@@ -105,8 +92,7 @@ def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, see
     if not model.backend.has_dropout:
         return None, "This model has no dropout in its head, so MC-dropout uncertainty is unavailable."
     logits = model.backend.mc_logits(head_input, samples, seed)
-    # Tempered like the deterministic pass, so gauges and probabilities agree.
-    return UncertaintySummary.from_logit_samples(logits / model.bundle.temperature, threshold), ""
+    return UncertaintySummary.from_logit_samples(logits, threshold, model.bundle.temperature), ""
 
 
 def analysis_steps(
@@ -148,7 +134,7 @@ def analysis_steps(
         engine=model.engine,
         classes=bundle.classes,
         logits=outputs.logits,
-        probabilities=softmax(outputs.logits.astype(np.float64) / bundle.temperature).astype(np.float32),
+        probabilities=calibrated_probabilities(outputs.logits, bundle.temperature).astype(np.float32),
         maps=maps,
         uncertainty=uncertainty,
         uncertainty_note=note,

@@ -45,13 +45,23 @@ def number_of_frames(ds: Dataset) -> int:
 
 
 def int_attr(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    value = ds.get(keyword, None)
-    if value is None or value == "":
-        return default
+    """An integer attribute, or ``default`` when it is absent, empty or unreadable."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        value = ds.get(keyword, None)
+        return default if value is None or value == "" else int(value)
+    except Exception as exc:  # a malformed value must not cost the whole image (or the folder scan)
+        log.debug("unreadable %s: %s", keyword, exc)
         return default
+
+
+def text_attr(ds: Dataset, keyword: str) -> str:
+    """An attribute as stripped text, "" when it is absent, empty or unreadable."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception as exc:  # a malformed value must not cost the whole image (or the folder scan)
+        log.debug("unreadable %s: %s", keyword, exc)
+        return ""
+    return "" if value is None else str(value).strip()
 
 
 def functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -66,15 +76,6 @@ def functional_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 
 # --- metadata --------------------------------------------------------------------------------
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword, "")
-    except Exception as exc:  # a malformed value must not cost the whole image
-        log.debug("unreadable %s: %s", keyword, exc)
-        return ""
-    return "" if value is None else str(value).strip()
 
 
 def _spacing(ds: Dataset, frame: int) -> tuple[float, float] | None:
@@ -95,18 +96,18 @@ def _spacing(ds: Dataset, frame: int) -> tuple[float, float] | None:
 
 def image_metadata(ds: Dataset, frame: int = 0) -> ImageMetadata:
     return ImageMetadata(
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        series_description=_text(ds, "SeriesDescription"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        photometric=_text(ds, "PhotometricInterpretation"),
+        patient_name=text_attr(ds, "PatientName"),
+        patient_id=text_attr(ds, "PatientID"),
+        study_date=text_attr(ds, "StudyDate"),
+        study_description=text_attr(ds, "StudyDescription"),
+        series_description=text_attr(ds, "SeriesDescription"),
+        modality=text_attr(ds, "Modality"),
+        body_part=text_attr(ds, "BodyPartExamined"),
+        photometric=text_attr(ds, "PhotometricInterpretation"),
         pixel_spacing=_spacing(ds, frame),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_uid=text_attr(ds, "StudyInstanceUID"),
+        series_uid=text_attr(ds, "SeriesInstanceUID"),
+        sop_instance_uid=text_attr(ds, "SOPInstanceUID"),
         instance_number=int_attr(ds, "InstanceNumber"),
         rows=int_attr(ds, "Rows", 0) or 0,
         columns=int_attr(ds, "Columns", 0) or 0,

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from engine.dicom import looks_like_dicom
-from engine.dicom_header import describe_non_image, number_of_frames
+from engine.dicom_header import describe_non_image, int_attr, number_of_frames, text_attr
 from engine.images import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -180,32 +180,19 @@ def _scan_dicomdir(path: Path, found: list[_Found], skipped: list[tuple[Path, st
         _scan_file(listed, found, skipped, expand_dicomdir=False)
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _dicom_entry(path: Path, ds: Dataset) -> _Found:
-    study_uid = _text(ds, "StudyInstanceUID") or f"folder:{path.parent}"
+    study_uid = text_attr(ds, "StudyInstanceUID") or f"folder:{path.parent}"
     return _Found(
-        ref=ImageRef(path, number_of_frames(ds), _int(ds, "InstanceNumber"), _text(ds, "SOPInstanceUID")),
+        ref=ImageRef(path, number_of_frames(ds), int_attr(ds, "InstanceNumber"), text_attr(ds, "SOPInstanceUID")),
         study_uid=study_uid,
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        series_uid=_text(ds, "SeriesInstanceUID") or study_uid,
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        modality=_text(ds, "Modality"),
+        patient_name=text_attr(ds, "PatientName"),
+        patient_id=text_attr(ds, "PatientID"),
+        study_date=text_attr(ds, "StudyDate"),
+        study_description=text_attr(ds, "StudyDescription"),
+        series_uid=text_attr(ds, "SeriesInstanceUID") or study_uid,
+        series_description=text_attr(ds, "SeriesDescription"),
+        series_number=int_attr(ds, "SeriesNumber"),
+        modality=text_attr(ds, "Modality"),
     )
 
 

@@ -23,6 +23,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / T), in float64: every probability Lantern shows (deterministic pass, MC
+    samples, batch rows, evaluation) goes through here, with the bundle's fitted temperature."""
+    return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
+
+
 def entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, _TINY, 1.0))).sum(axis=-1)
 
@@ -45,11 +51,13 @@ class UncertaintySummary:
         return self.confidence < self.threshold
 
     @classmethod
-    def from_logit_samples(cls, logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> "UncertaintySummary":
+    def from_logit_samples(cls, logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                           temperature: float = 1.0) -> "UncertaintySummary":
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 2 or logits.shape[0] < 2 or logits.shape[1] < 2:
             raise ValueError("MC dropout needs at least 2 samples of at least 2 classes")
-        probs = softmax(logits)
+        # Tempered like the deterministic pass, so gauges and probabilities agree.
+        probs = calibrated_probabilities(logits, temperature)
         mean = probs.mean(axis=0)
         h = float(entropy(mean))
         expected = float(entropy(probs).mean())

@@ -205,3 +205,19 @@ def test_rows_are_reported_as_they_are_made_reused_ones_first(mixed_folder, tmp_
     except StopIteration as done:
         result = done.value
     assert [r.path for r in again] == [r.path for r in result.rows]
+
+
+def test_a_triage_record_and_a_full_analysis_share_one_result_schema(tmp_path, int8_model):
+    result = run_batch(STUDY / "demo_nodule.dcm", tmp_path / "triage", int8_model)
+    (row,) = result.rows
+    triage = json.loads((tmp_path / "triage" / row.result).read_text())
+    mapped = run_batch(STUDY / "demo_nodule.dcm", tmp_path / "mapped", int8_model, BatchOptions(method="gradcam++"))
+    full = json.loads((tmp_path / "mapped" / mapped.rows[0].result).read_text())
+    explained = analyze(load_image(STUDY / "demo_nodule.dcm"), int8_model).to_dict()
+    assert set(triage) == set(full) == set(explained)
+    assert triage["schema"] == full["schema"] == explained["schema"] == "lantern.result/1"
+    assert triage["methods"] == [] and triage["map_peaks"] == {} and triage["method"] is None
+    assert full["methods"] == ["gradcam++"] and full["method"] == "gradcam++"
+    assert set(full["map_peaks"]["gradcam++"]) == set(int8_model.bundle.classes)
+    for name, p in triage["probabilities"].items():
+        assert p == pytest.approx(full["probabilities"][name], abs=1e-4)

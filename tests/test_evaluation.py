@@ -13,7 +13,8 @@ import pytest
 from engine.trust.calibration import reliability_diagram
 from engine.workflows.evaluation import (class_metrics, confusion_matrix, metrics, pointing_hit, pointing_tolerance,
                                roc_curve)
-from engine.trust.temperature import fit_temperature, nll, tempered
+from engine.trust.temperature import fit_temperature, nll
+from engine.uncertainty import calibrated_probabilities as tempered
 
 CLASSES = ("normal", "nodule", "effusion")
 TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching"

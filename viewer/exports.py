@@ -110,7 +110,7 @@ class Exporter:
             picture = side_by_side_image(window, self.anonymize)  # grabbing is GUI work; writing is not
             job = lambda: write_bytes_atomic(unused_path(path), png_bytes(picture))  # noqa: E731
         elif kind == "json":
-            record = analysis.to_dict() | {"shown": {"method": method, "class": analysis.classes[class_index]}}
+            record = analysis.to_dict(method) | {"shown": {"method": method, "class": analysis.classes[class_index]}}
             job = lambda: write_json_atomic(unused_path(path), record)  # noqa: E731
         elif kind == "dicom":
             from engine.exports.dicom_export import export_dicom

@@ -33,7 +33,7 @@ def explain_files(args: argparse.Namespace) -> int:
             continue
         stem = path.stem + (f"-frame{args.frame}" if image.n_frames > 1 else "")
         folder = unused_path(args.out / stem)
-        record = result.to_dict() | {"method": args.method}
+        record = result.to_dict(args.method)
         if getattr(args, "faithfulness", None):
             scores = score_analyses([result], model, classes=args.faithfulness)[0]
             record["faithfulness"] = scores_to_dict(scores, result.classes)

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 import numpy as np
 
 from engine.bundle import ModelBundle, update_manifest
-from engine.uncertainty import softmax
 
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -26,10 +25,6 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-log_p[np.arange(len(z)), np.asarray(labels, dtype=np.int64)].mean())
-
-
-def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from typing import Callable, Generator, Iterable
 import numpy as np
 
 from engine.analysis import Analysis, AnalysisOptions, LoadedModel, analyze, mc_uncertainty
+from engine.result import result_record
 from engine.steps import Progress, run_to_end
 from engine.exports.anonymize import Pseudonymizer
 from engine.workflows.batch_record import BatchItem, BatchRecord, BatchRow, item_key, item_name, make_row, worklist_csv
@@ -34,7 +35,7 @@ from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from engine.images import SourceImage, load_image
 from engine.preprocess import prepare_input
 from engine.studies import scan_studies
-from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, softmax
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, calibrated_probabilities
 
 CSV_NAME = "worklist.csv"
 SAVE_EVERY_S = 3.0  # record saves: often enough to lose little on a crash, rare enough to cost little
@@ -90,22 +91,14 @@ def check_output_folder(source: Path, out: Path) -> None:
 
 def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
                    head_input: np.ndarray) -> dict:
-    """The part of ``Analysis.to_dict()`` a triage computes, under the same keys."""
+    """A triage's result (no maps) in the one result schema."""
     uncertainty, note = mc_uncertainty(model, head_input, options.mc_samples, options.seed,
                                        options.confidence_threshold)
-    classes = model.bundle.classes
-    probabilities = softmax(logits.astype(np.float64) / model.bundle.temperature)
-    return {
-        "source": str(item.path), "frame": item.frame,
-        "model": {"name": model.bundle.name, "version": model.bundle.version}, "engine": model.engine,
-        "classes": list(classes),
-        "logits": [round(float(v), 6) for v in logits],
-        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probabilities)},
-        "predicted_class": classes[int(np.argmax(probabilities))],
-        "methods": [],
-        "uncertainty": uncertainty.to_dict() if uncertainty else None,
-        "uncertainty_note": note,
-    }
+    bundle = model.bundle
+    return result_record(source=item.path, frame=item.frame, model_name=bundle.name, model_version=bundle.version,
+                         engine=model.engine, classes=bundle.classes, logits=logits,
+                         probabilities=calibrated_probabilities(logits, bundle.temperature),
+                         uncertainty=uncertainty, uncertainty_note=note)
 
 
 def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
@@ -132,7 +125,7 @@ def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exp
             analysis = analyze(image, model, analysis_options)
             if on_analysis is not None:
                 written.extend(on_analysis(image, analysis, item, pseudonyms))
-            done.append((index, item, key, analysis.to_dict() | {"method": options.method}))
+            done.append((index, item, key, analysis.to_dict(options.method)))
         return done
     if not loaded:
         return []

@@ -23,7 +23,8 @@ from engine.errors import LanternError
 from engine.workflows.evaluation import metrics, pointing_hit, pointing_tolerance
 from engine.images import load_image
 from engine.workflows.labels import LabelledCase, LabelledSet
-from engine.trust.temperature import fit_temperature, tempered
+from engine.trust.temperature import fit_temperature
+from engine.uncertainty import calibrated_probabilities
 from engine.cam import METHOD_NAMES
 
 
@@ -120,7 +121,7 @@ def build_report(run: EvaluationRun, temperature: float | None = None) -> dict:
         raise LanternError("no case of the labelled set could be evaluated", run.labelled.csv)
     t = run.temperature if temperature is None else float(temperature)
     logits, labels, classes = run.logits, run.labels, run.labelled.classes
-    raw, scaled = tempered(logits, 1.0), tempered(logits, t)
+    raw, scaled = calibrated_probabilities(logits), calibrated_probabilities(logits, t)
     correct = raw.argmax(axis=1) == labels  # the same either way: T never changes the winner
     before = reliability_diagram(raw.max(axis=1), correct)
     after = reliability_diagram(scaled.max(axis=1), correct) if t != 1.0 else None

@@ -1,0 +1,50 @@
+"""The one result schema: what Lantern says about one image, as plain JSON-ready data.
+
+``result.json`` of ``lantern-engine explain``, every record of a batch (full analysis or plain
+triage), the viewer's JSON export and the reports read this one layout. A triage computes no
+maps, so its ``methods``, ``map_peaks`` and ``map_maxima`` are empty; the keys are the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from engine.cam import ClassMaps
+from engine.uncertainty import UncertaintySummary
+
+SCHEMA = "lantern.result/1"
+
+
+def _rounded(value) -> float:
+    return round(float(value), 6)
+
+
+def result_record(*, source: str | Path, frame: int, model_name: str, model_version: str, engine: str,
+                  classes: tuple[str, ...], logits: np.ndarray, probabilities: np.ndarray,
+                  uncertainty: UncertaintySummary | None, uncertainty_note: str,
+                  maps: Mapping[str, ClassMaps] | None = None, timings: Mapping[str, float] | None = None,
+                  method: str | None = None) -> dict:
+    """One image's result. ``probabilities`` are already calibrated (softmax(logits / T));
+    ``method`` is the method whose map was written or shown, if any."""
+    maps = maps or {}
+    return {
+        "schema": SCHEMA,
+        "source": str(source),
+        "frame": int(frame),
+        "model": {"name": model_name, "version": model_version},
+        "engine": engine,
+        "classes": list(classes),
+        "logits": [_rounded(v) for v in logits],
+        "probabilities": {c: _rounded(p) for c, p in zip(classes, probabilities)},
+        "predicted_class": classes[int(np.argmax(probabilities))],
+        "methods": list(maps),
+        "method": method,
+        "map_peaks": {m: {c: list(cm.peak(i)) for i, c in enumerate(classes)} for m, cm in maps.items()},
+        "map_maxima": {m: {c: _rounded(cm.grid[i].max()) for i, c in enumerate(classes)} for m, cm in maps.items()},
+        "uncertainty": uncertainty.to_dict() if uncertainty else None,
+        "uncertainty_note": uncertainty_note,
+        "timings_ms": {k: round(v * 1000, 3) for k, v in (timings or {}).items()},
+    }
