@@ -4,12 +4,20 @@ gradient; MC dropout re-runs only the head on features computed once.
 Gradients flow only through the layers after the explained one: the explained activation is
 detached in a hook and becomes the leaf that autograd differentiates against, and all classes'
 gradients come from one batched backward (``is_grads_batched``), not one backward per class.
+
+One model is not safe to share between threads as it is: a call adds hooks to it (which would
+capture another thread's forward), MC dropout switches its dropout layers on, and a copy made
+meanwhile would inherit both. So every call on a backend holds that backend's lock: the viewer's
+analysis, a faithfulness score and the Evaluate dialog may share one loaded model and each gets
+exactly what a serial run would give. MC dropout also seeds torch's global generator, which every
+backend shares, so it holds one process-wide lock as well.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,10 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.backends.architectures import build_model, head_module_name, load_weights, target_layer_name
+from engine.backends.base import ForwardOutputs
 from engine.bundle import ModelBundle
 from engine.errors import ModelBundleError
-from engine.backends.base import ForwardOutputs
-from engine.backends.architectures import build_model, head_module_name, load_weights, target_layer_name
+
+_GLOBAL_RNG = threading.Lock()  # torch's default generator: MC dropout seeds it (see above)
 
 
 class _Capture:
@@ -88,20 +98,21 @@ class TorchBackend:
         except AttributeError as exc:
             raise ModelBundleError(f"the manifest names a layer this model does not have: {exc}", bundle.folder) from exc
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
+        self.lock = threading.RLock()  # held by every call: see the module's docstring
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
 
     def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with capture_layers(self.model, self.target, self.head, detach_target=False) as store:
+        with self.lock, capture_layers(self.model, self.target, self.head, detach_target=False) as store:
             with torch.inference_mode():
                 logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         return logits.numpy(), store.head_input.numpy()
 
     def explain(self, tensor: np.ndarray) -> ForwardOutputs:
         x = torch.from_numpy(tensor)
-        with capture_layers(self.model, self.target, self.head, detach_target=True) as store:
+        with self.lock, capture_layers(self.model, self.target, self.head, detach_target=True) as store:
             with torch.enable_grad():
                 logits = self.model(x)
                 gradients = all_class_gradients(logits, store.activation)
@@ -117,7 +128,8 @@ class TorchBackend:
             raise ValueError("this model has no dropout in its head")
         features = torch.from_numpy(np.ascontiguousarray(head_input))[None].expand(samples, *head_input.shape)
         # fork_rng: seeding for reproducible masks must not disturb anyone else's random stream.
-        with torch.random.fork_rng(devices=[]), torch.inference_mode(), dropout_active(self.head):
+        with self.lock, _GLOBAL_RNG, torch.random.fork_rng(devices=[]), torch.inference_mode(), \
+                dropout_active(self.head):
             torch.manual_seed(seed)
             return self.head(features.contiguous()).numpy()
 
@@ -176,7 +188,8 @@ def cascading_randomization(backend: TorchBackend, seed: int = 0) -> Iterator[tu
     """Yield (layers just randomised, a backend over the copy randomised so far), re-initialising
     one group more each time, from the top of the network down (Adebayo et al., 2018). The
     trained model is never touched."""
-    model = copy.deepcopy(backend.model)
+    with backend.lock:  # never copy another call's hooks or switched-on dropout
+        model = copy.deepcopy(backend.model)
     generator = torch.Generator().manual_seed(seed)
     for label, modules in randomization_groups(model):
         with torch.no_grad():
