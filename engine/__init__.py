@@ -4,7 +4,8 @@ The tree is the architecture. At the top, the runtime pipeline, in the order dat
 it (all of it ships in the packaged app, except the torch engine):
 
     images.load_image       a DICOM/PNG/JPEG/TIFF frame -> SourceImage (source_image)
-                            (DICOM pixels in dicom, its header in dicom_header)
+                            (DICOM: dicom reads and decodes, dicom_pixels turns decoded
+                            pixels into modality units, dicom_header reads the header)
     studies.scan_studies    a folder or DICOMDIR -> studies -> series -> images
     bundle.load_bundle      manifest.json + weights -> ModelBundle
     preprocess.prepare_input  SourceImage -> the tensor the model sees (+ geometry back)
@@ -20,7 +21,8 @@ Around it, one sub-package each, a layer may import those below it and the pipel
 those above it (import-linter contracts in pyproject.toml):
 
     cli/         lantern-engine: argument parsing and the subcommands, bench    not shipped
-    making/      training, onnx_export, quantization: need torch            not shipped
+    making/      training, onnx_export (+ its graph rewrites, ONNX graph tools and
+                 verification), quantization: need torch                       not shipped
     workflows/   batch (+ batch_record), labels, evaluation (+ _run, _outputs)   shipped
     exports/     overlay, pictures, report, dicom_export, anonymize, figures    shipped
     trust/       faithfulness, sanity, similarity, calibration, temperature    shipped

@@ -49,7 +49,7 @@ def quantized(exported, tmp_path_factory) -> Path:
 
 
 def _inputs(bundle, n, seed=123):
-    from engine.making.onnx_export import heldout_inputs
+    from engine.making.export_verification import heldout_inputs
 
     return heldout_inputs(bundle, n, seed)[0]
 
@@ -58,7 +58,7 @@ def test_export_reproduces_torch_maps_and_logits(exported):
     from engine.backends.onnx_backend import OnnxBackend
     from engine.backends.torch_backend import TorchBackend
     from engine.bundle import load_bundle
-    from engine.making.onnx_export import class_maps, map_correlation
+    from engine.making.export_verification import class_maps, map_correlation
 
     bundle = load_bundle(exported)
     assert bundle.manifest["onnx"] == {"fp32": "model.onnx", "head": "head.onnx"}
@@ -101,7 +101,7 @@ def test_export_refuses_a_wrong_graph_and_leaves_nothing(exported, tmp_path, mon
     cached = {"explain": onnx.load(str(exported / "model.onnx")), "head": onnx.load(str(exported / "head.onnx"))}
 
     def cached_export(module, args, input_names, output_names, dynamic_shapes):
-        from engine.making.onnx_export import flatten_gradient_branch
+        from engine.making.onnx_graph import flatten_gradient_branch
 
         proto = flatten_gradient_branch(cached["explain"]) if input_names[0] == "input" else cached["head"]
         proto = onnx.ModelProto.FromString(proto.SerializeToString())
@@ -217,7 +217,7 @@ def test_engines_give_the_same_kind_of_analysis(quantized, tmp_path):
         assert set(r.to_dict()) == set(ref.to_dict())
     onnx_result = results["onnx"]
     np.testing.assert_allclose(onnx_result.logits, ref.logits, atol=1e-4)
-    from engine.making.onnx_export import map_correlation
+    from engine.making.export_verification import map_correlation
 
     for method in ref.maps:
         for c in range(3):

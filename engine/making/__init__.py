@@ -1,7 +1,11 @@
 """Model making: needs PyTorch and is never in the packaged app.
 
     training       train the demo model on phantoms
-    onnx_export    the bundle's model as ONNX with all-class gradients in the graph, verified
+    onnx_export    the bundle's model as ONNX with all-class gradients in the graph, verified;
+                   its parts: export_modules (the torch modules to export), fx_rewrites (the
+                   traced gradient in ops ONNX has), onnx_graph (the gradients behind an If, and
+                   the graph surgery quantization shares), export_verification (against PyTorch
+                   on held-out phantoms)
     quantization   static INT8 of that graph, validated against fp32
 
 Nothing outside engine.cli imports this package (an import-linter contract in pyproject.toml).

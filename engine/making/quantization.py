@@ -30,9 +30,11 @@ import numpy as np
 from engine.bundle import ModelBundle, load_bundle, update_manifest
 from engine.errors import LanternError, ModelBundleError
 from engine.files import write_bytes_atomic
-from engine.making.onnx_export import (
-    HEAD_FILE, INPUT, VERIFY_SEED, class_maps, flatten_gradient_branch, heldout_inputs, map_correlation,
-    set_metadata, split_gradient_branch,
+from engine.making.export_verification import VERIFY_SEED, class_maps, heldout_inputs, map_correlation
+from engine.making.onnx_export import HEAD_FILE
+from engine.making.onnx_graph import (
+    INPUT, flatten_gradient_branch, set_metadata, split_gradient_branch, toposort, upstream_nodes,
+    value_consumers,
 )
 
 INT8_FILE = "model.int8.onnx"
@@ -79,28 +81,15 @@ def gradient_node_names(flat, backward_only: bool = False) -> list[str]:
     for i, node in enumerate(graph.node):
         if not node.name:
             node.name = f"node_{i}_{node.op_type}"
-    producers = {out: node for node in graph.node for out in node.output}
-
-    def reach(names):
-        seen, stack = set(), list(names)
-        while stack:
-            node = producers.get(stack.pop())
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            stack.extend(i for i in node.input if i)
-        return seen
-
-    main = reach([o.name for o in graph.output if o.name != "gradients"])
-    gradient = reach(["gradients"]) - main
-    if not backward_only:
-        return sorted(gradient)
-    # The gradient part first re-runs the layers after the explained one for its image (forward
-    # values: what the ReLU masks compare), then runs the backward. The forward values are the
-    # ancestors of those comparisons; they may be quantized like the main forward.
-    compares = [n for n in graph.node if n.name in gradient and n.op_type in _COMPARISONS]
-    forward = reach([i for n in compares for i in n.input if i]) & gradient
-    return sorted(gradient - forward)
+    main = upstream_nodes(graph, [o.name for o in graph.output if o.name != "gradients"])
+    gradient = upstream_nodes(graph, ["gradients"]) - main
+    if backward_only:
+        # The gradient part first re-runs the layers after the explained one for its image
+        # (forward values: what the ReLU masks compare), then runs the backward. The forward
+        # values are the ancestors of those comparisons; they may be quantized like the main forward.
+        compares = [graph.node[i] for i in gradient if graph.node[i].op_type in _COMPARISONS]
+        gradient -= upstream_nodes(graph, [name for n in compares for name in n.input if name])
+    return sorted({graph.node[i].name for i in gradient})
 
 
 def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: bool = False) -> bytes:
@@ -161,10 +150,7 @@ def reuse_int8_weights_in_gradient(proto, gradient_nodes: set[str]) -> int:
 
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = value_consumers(graph)
     changed = 0
     new_nodes = []
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
@@ -240,7 +226,7 @@ def reuse_int8_weights_in_gradient(proto, gradient_nodes: set[str]) -> int:
                 changed += 1
     graph.node.extend(new_nodes)
     # Restore a topological order (the new nodes were appended at the end).
-    _toposort(graph)
+    toposort(graph)
     return changed
 
 
@@ -253,10 +239,7 @@ def unshare_weight_dequantizers(proto, gradient_nodes: set[str]) -> int:
 
     graph = proto.graph
     inits = {i.name for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = value_consumers(graph)
     twins = []
     for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]:
         users = consumers.get(dq.output[0], [])
@@ -272,26 +255,8 @@ def unshare_weight_dequantizers(proto, gradient_nodes: set[str]) -> int:
                 if name == dq.output[0]:
                     user.input[i] = twin_out
     graph.node.extend(twins)
-    _toposort(graph)
+    toposort(graph)
     return len(twins)
-
-
-def _toposort(graph) -> None:
-    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in known for i in node.input):
-                ordered.append(node)
-                known.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ModelBundleError("the quantized graph has a cycle or a missing input")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 @dataclass
