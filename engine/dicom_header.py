@@ -1,8 +1,8 @@
 """What a DICOM header says, apart from its pixels: the metadata a reader wants shown, every
 element as a row for the tag browser, and plain words for files that hold no image.
 
-Shared with :mod:`engine.dicom` and :mod:`engine.dicom_pixels` (which decode the pixels): where the pixel data element sits,
-frame counts and per-frame functional groups.
+Shared with :mod:`engine.dicom` and :mod:`engine.dicom_pixels` (which decode the pixels): where
+the pixel data element sits, frame counts and per-frame functional groups.
 """
 
 from __future__ import annotations
