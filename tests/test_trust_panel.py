@@ -58,7 +58,7 @@ def test_faithfulness_is_scored_in_the_background_for_the_shown_map(qtbot, nodul
     qtbot.waitUntil(lambda: "Grad-CAM map of 'nodule'" in panel.target_label.text())
     qtbot.mouseClick(panel.score_button, Qt.MouseButton.LeftButton)
     assert not panel.score_button.isEnabled()  # running on the worker
-    qtbot.waitUntil(lambda: panel._faith_request is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not panel.scoring, timeout=TIMEOUT)
     found = panel.results[("gradcam", analysis.predicted)]
     expected = score_analysis(analysis, window.session.model.backend, "gradcam", analysis.predicted)
     assert found["faithfulness"].deletion_auc == pytest.approx(expected.deletion_auc, abs=1e-6)
@@ -82,7 +82,7 @@ def test_randomisation_check_shows_every_step_and_a_verdict(qtbot, nodule_window
     panel = nodule_window.trust_panel
     qtbot.mouseClick(panel.sanity_button, Qt.MouseButton.LeftButton)
     assert panel.cancel_button.isVisibleTo(panel)
-    qtbot.waitUntil(lambda: panel._sanity_request is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not panel.checking, timeout=TIMEOUT)
     result = panel.results[("gradcam", nodule_window.session.analysis.predicted)]["sanity"]
     assert len(panel.sanity.cells) == len(result.steps) + 1
     assert not result.barely_changes and "Depends on the model" in panel.sanity.verdict.text()
@@ -102,7 +102,7 @@ def test_randomisation_check_can_be_cancelled(qtbot, nodule_window):
     panel = nodule_window.trust_panel
     qtbot.mouseClick(panel.sanity_button, Qt.MouseButton.LeftButton)
     qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel._sanity_request is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not panel.checking, timeout=TIMEOUT)
     assert "cancelled" in panel.sanity.verdict.text()
     assert panel.sanity_button.isEnabled()
 
@@ -118,11 +118,11 @@ def test_onnx_only_bundle_says_the_check_needs_pytorch(qtbot, tmp_path, demo_bun
     window = open_demo(qtbot, tmp_path, bundle, demo_studies / "demo_effusion.dcm")
     panel = window.trust_panel
     qtbot.mouseClick(panel.sanity_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel._sanity_request is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not panel.checking, timeout=TIMEOUT)
     assert "needs PyTorch" in panel.sanity.verdict.text()
     # Faithfulness needs only forward passes: it works on the ONNX-only install.
     qtbot.mouseClick(panel.score_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel._faith_request is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not panel.scoring, timeout=TIMEOUT)
     assert "Deletion AUC" in panel.faithfulness.summary.text()
 
 

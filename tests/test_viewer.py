@@ -251,15 +251,46 @@ def test_cancel_stops_a_running_analysis(qtbot, tmp_path, tiny_bundle):
 
 
 def test_results_for_a_left_image_are_dropped(qtbot, tmp_path, tiny_bundle):
-    window = make_window(qtbot, tmp_path)
-    window.load_model(tiny_bundle)
-    qtbot.waitUntil(lambda: window.session.model is not None, timeout=TIMEOUT)
+    """The first image's analysis is held until the reader has moved on to the second image and
+    seen its analysis; released then, it finishes last. Its result must never be shown."""
+    import threading
+
+    import engine
+
     first, second = write_png(tmp_path / "first.png", 1), write_png(tmp_path / "second.png", 2)
+    held, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def first_is_held(image, model, options):
+        result = yield from engine.analysis_steps(image, model, options)
+        if image.path == first:  # computed, and held back after its last step: it cannot be stopped now
+            held.set()
+            try:
+                assert release.wait(30)
+            finally:
+                returned.set()
+        return result
+
+    session = Session(steps_factory=first_is_held)
+    window = make_window(qtbot, tmp_path, session)
+    window.load_model(tiny_bundle)
+    qtbot.waitUntil(lambda: session.model is not None, timeout=TIMEOUT)
+    shown: list[Path] = []  # every analysis the window is given to display
+    session.analysisReady.connect(lambda analysis: shown.append(analysis.source))
     window.open_paths([first, second])
-    window.session.step(1)  # leave the first image at once
-    analysis = wait_for_analysis(qtbot, window)
-    assert analysis.source == second
-    assert window.session.image.source.path == second
+    qtbot.waitUntil(lambda: session.image is not None and session.image.source.path == first, timeout=TIMEOUT)
+    assert held.wait(TIMEOUT / 1000)
+    try:
+        session.step(1)  # the reader moves on while the first analysis is still running
+        analysis = wait_for_analysis(qtbot, window)
+        assert analysis.source == second
+    finally:
+        release.set()
+    assert returned.wait(TIMEOUT / 1000)
+    qtbot.wait(300)  # whatever the first job sent after its release has arrived by now
+    assert first not in shown
+    assert shown == [second]
+    assert session.analysis.source == second and session.image.source.path == second
+    assert window.status_text.text().startswith(f"second.png: {analysis.predicted_class}")
 
 
 def test_corrupt_file_shows_message_and_window_keeps_working(qtbot, tmp_path, tiny_bundle):

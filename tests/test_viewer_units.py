@@ -16,7 +16,7 @@ from viewer import logs  # noqa: E402
 from viewer.app import parse_args  # noqa: E402
 from viewer.display import (WINDOW_PRESETS, make_display_image, map_to_uint8,  # noqa: E402
                             overlay_lut)
-from viewer.jobs import JobRunner, user_message  # noqa: E402
+from viewer.jobs import JobRunner, StepsJob, user_message  # noqa: E402
 from viewer.session import Session  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 from viewer.viewport import Viewport  # noqa: E402
@@ -81,11 +81,11 @@ def test_generator_job_cancel_closes_the_generator(qtbot):
             closed.append(True)
         return "finished"
 
-    request = runner.steps(steps, "test", lambda r, v: done.append(v), lambda r, m: None,
-                           lambda *a: None, lambda r: cancelled.append(r))
+    runner.start(StepsJob(steps, "test"), key="test", on_done=done.append, on_failed=lambda e: None,
+                 on_progress=lambda p: None, on_cancelled=lambda: cancelled.append(True))
     time.sleep(0.05)
-    assert runner.cancel(request)
-    qtbot.waitUntil(lambda: cancelled == [request], timeout=5000)
+    assert runner.cancel("test")
+    qtbot.waitUntil(lambda: cancelled == [True], timeout=5000)
     assert closed == [True] and done == []
 
 
@@ -97,10 +97,13 @@ def test_generator_job_reports_failures_readably(qtbot):
         yield Progress("s", 0, 1)
         raise ImageLoadError("the file is empty", "scan.dcm")
 
-    runner.steps(steps, "test", lambda r, v: None, lambda r, m: failed.append(m), lambda *a: None, None)
+    runner.start(StepsJob(steps, "test"), on_failed=lambda exc: failed.append(user_message(exc)))
     qtbot.waitUntil(lambda: bool(failed), timeout=5000)
     assert failed == ["scan.dcm: the file is empty"]
-    assert user_message(ValueError("x")) == "ValueError: x"
+    # Anything else is no message for a reader: its type, and where the details are.
+    unexpected = user_message(ValueError("x"), "analysing an image")
+    assert unexpected.startswith("Unexpected error while analysing an image (ValueError)")
+    assert "details are in the log" in unexpected
 
 
 def test_log_keeps_tracebacks_without_file_names(qtbot, tmp_path):
@@ -166,12 +169,12 @@ def test_signal_emits_no_longer_exhaust_true():
 def test_a_closed_runner_drops_late_results(qtbot):
     import threading
 
-    from viewer.jobs import JobRunner
+    from viewer.jobs import CallJob, JobRunner
 
     runner = JobRunner()
     release, got = threading.Event(), []
-    runner.call(lambda: release.wait(5) and "late", "waiting", lambda _r, value: got.append(value),
-                lambda _r, message: got.append(message))
+    runner.start(CallJob(lambda: release.wait(5) and "late", "waiting"), on_done=got.append, on_failed=got.append,
+                 on_cancelled=lambda: got.append("cancelled"))
     runner.close()  # the window goes away while the job still runs
     release.set()
     assert runner.wait(5000)
@@ -179,5 +182,5 @@ def test_a_closed_runner_drops_late_results(qtbot):
     assert got == []
     # A runner that stays open delivers.
     open_runner = JobRunner()
-    open_runner.call(lambda: "on time", "quick", lambda _r, value: got.append(value), lambda _r, m: got.append(m))
+    open_runner.start(CallJob(lambda: "on time", "quick"), on_done=got.append, on_failed=got.append)
     qtbot.waitUntil(lambda: got == ["on time"], timeout=5000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,21 +116,63 @@ def test_opening_the_folder_again_reuses_finished_images(qtbot, window, folder):
     assert "0 analysed now, 7 from before" in panel.status.text()
 
 
-def test_a_running_worklist_can_be_cancelled(qtbot, window, tmp_path):
+def test_a_running_worklist_can_be_cancelled(qtbot, window, tmp_path, monkeypatch):
+    import engine.workflows.batch as batch_module
+
     big = tmp_path / "big"
     big.mkdir()
     for i in range(60):
         shutil.copy(STUDY / "demo_nodule.dcm", big / f"copy{i:02d}.dcm")
+    chunk = batch_module.BatchOptions().chunk
+    real_batch = batch_module.batch_steps
+    first_chunk, release, ended = threading.Event(), threading.Event(), []
+
+    def held_after_the_first_chunk(*args, **kwargs):
+        """The real batch, held once its first chunk is analysed until the test releases it: the
+        test knows the batch is running when it presses Cancel."""
+        steps = real_batch(*args, **kwargs)
+        how = "closed early"
+        try:
+            while True:
+                try:
+                    update = next(steps)
+                except StopIteration as done:
+                    how = "completed"
+                    return done.value
+                if update.step > 0 and not first_chunk.is_set():
+                    first_chunk.set()
+                    assert release.wait(30)
+                yield update
+        finally:
+            steps.close()  # the real batch's own cleanup: it saves what is done
+            ended.append(how)
+
+    monkeypatch.setattr(batch_module, "batch_steps", held_after_the_first_chunk)
     panel = window.worklist
-    panel.run(big)
-    qtbot.waitUntil(lambda: panel.model.rowCount() > 0, timeout=TIMEOUT)  # the table fills as it goes
-    assert panel.running
-    panel.cancel_button.click()
-    assert not panel.running and not panel.cancel_button.isVisible()
-    assert "Cancelled" in panel.status.text()
-    window.session.runner.wait(TIMEOUT)
+    window.tabs.setCurrentWidget(panel)  # where the reader watches it and finds its Cancel button
+    try:
+        panel.run(big)
+        assert first_chunk.wait(TIMEOUT / 1000)
+        assert panel.running and panel.cancel_button.isVisible()
+        qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    finally:
+        release.set()
+    cancelled = "Cancelled. What was analysed is kept; open big again to continue."
+
+    def what_the_reader_sees():
+        return (panel.running, panel.cancel_button.isVisible(), panel.progress.isVisible(), panel.status.text(),
+                window.status_text.text(), panel.model.rowCount())
+
+    after_cancel = (False, False, False, cancelled, f"Worklist: {cancelled}", chunk)
+    assert what_the_reader_sees() == after_cancel  # at once: the analysed images stay in the table
+    assert window.session.runner.wait(TIMEOUT)
+    qtbot.wait(200)  # whatever the stopped batch still sent has arrived
+    assert ended == ["closed early"]  # stopped between chunks, not run to its end
+    assert what_the_reader_sees() == after_cancel  # and nothing it sent after the cancel changed the view
+    monkeypatch.undo()
     panel = run_worklist(qtbot, window, big)
     assert len(panel.visible_rows()) == 60
+    assert f"{60 - chunk} analysed now, {chunk} from before" in panel.status.text()
 
 
 def test_without_a_model_the_worklist_says_so(qtbot, tmp_path, folder):

@@ -20,7 +20,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from engine.synthetic.demo_data import radiograph_dicom_bytes
-from viewer.jobs import wait_until
+from viewer.jobs import BACKGROUND_THREADS, INTERACTIVE_THREADS, wait_until
 
 REPEATS = 20
 TIMEOUT_MS = 120_000
@@ -69,7 +69,8 @@ def run_bench(as_json: bool = False, model: Path | None = None, engine_name: str
     results: dict = {"image": "2048x2048 uint16", "platform": app.platformName(),
                      # Other work on the machine inflates every figure; record how busy it was.
                      "cpus": os.cpu_count(),
-                     "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+                     "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                     "job_threads": {"interactive": INTERACTIVE_THREADS, "background": BACKGROUND_THREADS}}
 
     model_ok = False
     if model is not None:

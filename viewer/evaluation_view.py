@@ -15,13 +15,18 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QHBoxLayout, QHe
                                QVBoxLayout)
 
 import engine
+from engine.bundle import ModelBundle
+from engine.steps import Progress
 from engine.workflows.evaluation_outputs import fit_and_store, write_outputs
-from engine.workflows.evaluation_run import build_report, evaluation_steps
+from engine.workflows.evaluation_run import EvaluationRun, build_report, evaluation_steps
 from engine.workflows.labels import read_labels
 from viewer import theme
 from viewer.display import METHOD_LABELS
+from viewer.jobs import CallJob, StepsJob, user_message
 from viewer.menus import menu_named
 
+# Its key on the window's job runner: the evaluation and then the temperature fitting, one at a time.
+EVALUATION_JOB = "evaluation"
 COLORS = ("#4fa3e0", "#f0a030", "#6cc070", "#e070b0", "#c0c060", "#60d0d0")
 
 
@@ -60,7 +65,6 @@ class EvaluateDialog(QDialog):
         self.setWindowTitle("Evaluate the model on a labelled folder")
         self.resize(980, 720)
         self.report: dict | None = None
-        self._request: int | None = None
         self.labels_path = QLineEdit()
         self.labels_path.setPlaceholderText("labels CSV: file,class[,mask]")
         browse = QPushButton("Browse…")
@@ -115,46 +119,49 @@ class EvaluateDialog(QDialog):
         self.progress.setValue(0)
         self._running(True)
         self.status.setText(f"Evaluating {model.bundle.name} on {len(labelled.cases)} cases…")
-        runner = self.window_.session.runner
-        self._request = runner.steps(lambda: evaluation_steps(labelled, model), "evaluating a labelled folder",
-                                     self._evaluated, self._failed, self._progress, self._cancelled)
+        job = StepsJob[EvaluationRun](lambda: evaluation_steps(labelled, model), "evaluating a labelled folder",
+                                      background=True)
+        self.runner.start(job, key=EVALUATION_JOB, on_done=self._evaluated, on_failed=self._failed,
+                          on_progress=self._progress, on_cancelled=self._cancelled)
+
+    @property
+    def runner(self):
+        return self.window_.session.runner
 
     def cancel(self) -> None:
-        self.window_.session.runner.cancel(self._request)
+        """Stops after the case being evaluated; the dialog says so once it has."""
+        self.runner.cancel(EVALUATION_JOB)
 
     def _running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
-    def _progress(self, request: int, step: int, total: int, stage: str) -> None:
-        if request == self._request:
-            self.progress.setValue(step)
-            self.progress.setFormat(stage)
+    def _progress(self, progress: Progress) -> None:
+        self.progress.setValue(progress.step)
+        self.progress.setFormat(progress.stage)
 
-    def _failed(self, request: int, message: str) -> None:
-        if request == self._request:
-            self._running(False)
-            self.status.setText(f"⚠ {message}")
+    def _failed(self, exc: BaseException) -> None:
+        self._running(False)
+        self.status.setText(f"⚠ {user_message(exc, 'evaluating')}")
 
-    def _cancelled(self, request: int) -> None:
-        if request == self._request:
-            self._running(False)
-            self.status.setText("Evaluation cancelled.")
+    def _cancelled(self) -> None:
+        self._running(False)
+        self.status.setText("Evaluation cancelled.")
 
-    def _evaluated(self, request: int, run) -> None:
-        if request != self._request:
-            return
+    def _evaluated(self, run: EvaluationRun) -> None:
         if not self.fit.isChecked():
             self._finish(run, None)
             return
         self.status.setText("Fitting the temperature…")
-        self._request = self.window_.session.runner.call(
-            lambda: fit_and_store(run, self.model.bundle), "fitting a temperature",
-            lambda r, result: self._fitted(r, run, result), self._failed)
+        # One call that ends by writing the bundle: it cannot stop half-way, and a cancel would
+        # leave the stored temperature without the reopened model that uses it.
+        self.cancel_button.setEnabled(False)
+        job = CallJob[tuple[float, ModelBundle]](lambda: fit_and_store(run, self.model.bundle), "fitting a temperature",
+                                                 background=True)
+        self.runner.start(job, key=EVALUATION_JOB, on_done=lambda result: self._fitted(run, result),
+                          on_failed=self._failed, on_cancelled=self._cancelled)
 
-    def _fitted(self, request: int, run, result) -> None:
-        if request != self._request:
-            return
+    def _fitted(self, run: EvaluationRun, result: tuple[float, ModelBundle]) -> None:
         temperature, bundle = result
         self._finish(run, temperature)
         # Reopen the model so that every analysis from now on uses the stored temperature.

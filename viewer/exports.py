@@ -20,6 +20,7 @@ from PySide6.QtWidgets import QFileDialog
 from engine.exports.anonymize import Pseudonymizer
 from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from viewer.actions import _action
+from viewer.jobs import CallJob, user_message
 from viewer.menus import menu_named
 
 log = logging.getLogger("lantern.exports")
@@ -120,14 +121,15 @@ class Exporter:
             bundle = window.session.model.bundle if window.session.model is not None else None
             job = lambda: write_html_report(path, image, analysis, bundle, method, class_index, pseudonyms)  # noqa: E731
         window.show_status(f"Exporting {path.name}…")
-        window.session.runner.call(job, f"exporting {kind}", self._written, self._failed)
+        # No key: each export is its own request, and none replaces another.
+        window.session.runner.start(CallJob(job, f"exporting {kind}"), on_done=self._written, on_failed=self._failed)
 
-    def _written(self, _request: int, path: Path) -> None:
+    def _written(self, path: Path) -> None:
         self.last_written = Path(path)
         self.window.show_status(f"Exported {Path(path).name} to {Path(path).parent}")
 
-    def _failed(self, _request: int, message: str) -> None:
-        self.window.show_error(f"Export failed: {message}")
+    def _failed(self, exc: BaseException) -> None:
+        self.window.show_error(f"Export failed: {user_message(exc, 'exporting')}")
 
 
 def write_html_report(path: Path, image, analysis, bundle, method: str, class_index: int,

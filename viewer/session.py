@@ -1,5 +1,9 @@
 """The reading session: which files are open, which image and frame is shown, the model, and
-the background jobs that load and analyse them. Qt-signal based, no widgets."""
+the jobs that load and analyse them. Qt-signal based, no widgets.
+
+Its jobs run under three keys of the window's JobRunner, "model", "image" and "analysis": the
+latest request of each wins, so a result for a model, image or analysis the reader has already
+left never arrives here (viewer/jobs.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from engine.cam import DEFAULT_METHOD, METHOD_NAMES
 from engine.uncertainty import DEFAULT_SAMPLES
 from viewer import logs
 from viewer.display import DisplayImage, make_display_image, map_to_uint8, overlay_step
-from viewer.jobs import JobRunner
+from viewer.jobs import CallJob, JobRunner, StepsJob, user_message
 
 log = logging.getLogger("lantern.session")
+# The session's job keys: the latest request of each wins (viewer/jobs.py).
+MODEL_JOB, IMAGE_JOB, ANALYSIS_JOB = "model", "image", "analysis"
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 
@@ -60,10 +66,10 @@ def _displayable(source, index: int, count: int) -> LoadedImage:
 
 class Session(QObject):
     modelReady = Signal(object)  # engine.LoadedModel
-    modelFailed = Signal(str)
+    modelFailed = Signal(str)  # what the reader reads (viewer.jobs.user_message)
     imageReady = Signal(object)  # LoadedImage
     imageFailed = Signal(str)
-    progress = Signal(int, int, str)
+    progress = Signal(int, int, str)  # step, total, stage of the running analysis
     analysisReady = Signal(object)  # engine.Analysis
     analysisState = Signal(str)  # running / done / cancelled / failed
     analysisFailed = Signal(str)
@@ -87,28 +93,19 @@ class Session(QObject):
         self.mc_samples = mc_samples
         # Tests substitute a slow or failing generator here; production uses the engine's.
         self.steps_factory = steps_factory or engine.analysis_steps
-        self._image_request: int | None = None
-        self._analysis_request: int | None = None
-        self._model_request: int | None = None
 
     # model -----------------------------------------------------------------
     def load_model(self, folder: str | Path, engine_name: str = "auto") -> None:
         folder = Path(folder)
-        self._model_request = self.runner.call(
-            lambda: engine.load_model(folder, engine_name), "loading the model",
-            self._model_done, self._model_failed)
+        job = CallJob[engine.LoadedModel](lambda: engine.load_model(folder, engine_name), "loading the model")
+        self.runner.start(job, key=MODEL_JOB, on_done=self._model_done,
+                          on_failed=lambda exc: self.modelFailed.emit(user_message(exc, job.what)))
 
-    def _model_done(self, request: int, model) -> None:
-        if request != self._model_request:
-            return
+    def _model_done(self, model: engine.LoadedModel) -> None:
         self.model = model
         self.modelReady.emit(model)
         if self.source is not None:
             self.analyse()
-
-    def _model_failed(self, request: int, message: str) -> None:
-        if request == self._model_request:
-            self.modelFailed.emit(message)
 
     # images ------------------------------------------------------------------
     def open_paths(self, paths) -> bool:
@@ -134,9 +131,8 @@ class Session(QObject):
         self._early_result = None
         path = self.files[self.index]
         logs.register_path(path)
-        self._image_request = self.runner.call(
-            lambda: engine.load_image(path, frame), "loading an image",
-            self._source_done, self._image_failed)
+        job = CallJob[engine.SourceImage](lambda: engine.load_image(path, frame), "opening an image")
+        self.runner.start(job, key=IMAGE_JOB, on_done=self._source_done, on_failed=self._image_failed)
 
     def step(self, delta: int) -> None:
         """Wheel / arrow: next frame of a multi-frame file, else the next file."""
@@ -152,31 +148,25 @@ class Session(QObject):
         if self.files and 0 <= target < len(self.files) and target != self.index:
             self.show_index(target)
 
-    def _source_done(self, request: int, source) -> None:
+    def _source_done(self, source: engine.SourceImage) -> None:
         """Decoded: the analysis and the display image are made at the same time, on two
         workers, instead of one after the other."""
-        if request != self._image_request:
-            return  # an image the user already scrolled past
         self.source = source
         if self.model is not None:
             self.analyse()
         index, count = self.index, len(self.files)
-        self._image_request = self.runner.call(
-            lambda: _displayable(source, index, count), "preparing the image for display",
-            self._image_done, self._image_failed)
+        job = CallJob[LoadedImage](lambda: _displayable(source, index, count), "preparing the image for display")
+        self.runner.start(job, key=IMAGE_JOB, on_done=self._image_done, on_failed=self._image_failed)
 
-    def _image_done(self, request: int, image: LoadedImage) -> None:
-        if request != self._image_request:
-            return
+    def _image_done(self, image: LoadedImage) -> None:
         self.image = image
         self.imageReady.emit(image)
         if self._early_result is not None:
             result, self._early_result = self._early_result, None
             self._show_analysis(result)
 
-    def _image_failed(self, request: int, message: str) -> None:
-        if request == self._image_request:
-            self.imageFailed.emit(message)
+    def _image_failed(self, exc: BaseException) -> None:
+        self.imageFailed.emit(user_message(exc, "opening an image"))
 
     # analysis ----------------------------------------------------------------
     def analyse(self) -> None:
@@ -187,30 +177,26 @@ class Session(QObject):
         self._analysed_source = source
         options = engine.AnalysisOptions(methods=METHOD_NAMES, mc_samples=self.mc_samples)
         factory, method = self.steps_factory, self.shown_method
-        self._analysis_request = self.runner.steps(
-            lambda: with_display_maps(factory(source, model, options), method), "analysing an image",
-            self._analysis_done, self._analysis_failed, self._analysis_progress, self._analysis_cancelled)
+        # The result: the analysis and the overlay data the window shows first (with_display_maps).
+        job = StepsJob[tuple[engine.Analysis, dict]](
+            lambda: with_display_maps(factory(source, model, options), method), "analysing an image")
+        self.runner.start(job, key=ANALYSIS_JOB, on_done=self._analysis_done, on_failed=self._analysis_failed,
+                          on_progress=lambda p: self.progress.emit(p.step, p.total, p.stage))
         self.analysisState.emit("running")
 
     def cancel(self) -> bool:
-        request, self._analysis_request = self._analysis_request, None
-        if request is not None and self.runner.cancel(request):
+        """Stop the running analysis; nothing it reports from now on arrives here."""
+        if self.runner.drop(ANALYSIS_JOB):
+            log.info("analysis cancelled")
             self.analysisState.emit("cancelled")
             return True
         return False
 
     @property
     def analysing(self) -> bool:
-        return self._analysis_request is not None
+        return self.runner.running(ANALYSIS_JOB)
 
-    def _analysis_progress(self, request: int, step: int, total: int, stage: str) -> None:
-        if request == self._analysis_request:
-            self.progress.emit(step, total, stage)
-
-    def _analysis_done(self, request: int, result) -> None:
-        if request != self._analysis_request:
-            return
-        self._analysis_request = None
+    def _analysis_done(self, result: tuple[engine.Analysis, dict]) -> None:
         if self.image is None or self.image.source is not self._analysed_source:
             self._early_result = result  # shown as soon as its image is
             return
@@ -222,12 +208,6 @@ class Session(QObject):
         self.analysisReady.emit(analysis)
         self.analysisState.emit("done")
 
-    def _analysis_failed(self, request: int, message: str) -> None:
-        if request != self._analysis_request:
-            return
-        self._analysis_request = None
-        self.analysisFailed.emit(message)
+    def _analysis_failed(self, exc: BaseException) -> None:
+        self.analysisFailed.emit(user_message(exc, "analysing an image"))
         self.analysisState.emit("failed")
-
-    def _analysis_cancelled(self, request: int) -> None:
-        log.info("analysis %d cancelled", request)

@@ -1,5 +1,8 @@
 """Study browser: studies -> series -> images from engine.studies.scan_studies, with
-thumbnails made in the background after the tree is shown."""
+thumbnails made in the background after the tree is shown.
+
+The scan (the reader waits for it) is interactive work; the thumbnails are background work that
+a new scan cancels. Both run under keys of the session's runner: the latest folder wins."""
 
 from __future__ import annotations
 
@@ -12,14 +15,17 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 import engine
+from engine.steps import Progress, Steps
 from viewer import logs
 from viewer.class_strip import rgb_pixmap
 from viewer.display import thumbnail
+from viewer.jobs import CallJob, StepsJob, user_message
 
 log = logging.getLogger("lantern.studies")
 PATH_ROLE = Qt.ItemDataRole.UserRole
 THUMB = 40
 MAX_THUMBNAILS = 200
+SCAN_JOB, THUMBNAILS_JOB = "studies:scan", "studies:thumbnails"
 
 
 def scan(paths) -> tuple[list, list]:
@@ -33,9 +39,12 @@ def scan(paths) -> tuple[list, list]:
     return studies, skipped
 
 
-def make_thumbnails(paths: list[Path]) -> dict[Path, np.ndarray]:
+def thumbnail_steps(paths: list[Path]) -> Steps[dict[Path, np.ndarray]]:
+    """One step per file, so that a new folder stops the old folder's thumbnails at once."""
     thumbs = {}
-    for path in paths[:MAX_THUMBNAILS]:
+    todo = paths[:MAX_THUMBNAILS]
+    for n, path in enumerate(todo):
+        yield Progress("making thumbnails", n, len(todo))
         try:
             source = engine.load_image(path)
         except engine.ImageLoadError as exc:
@@ -62,10 +71,13 @@ class StudyPanel(QWidget):
         self.hide_identifying = False
         self._studies: list = []
         self._items: dict[Path, QTreeWidgetItem] = {}
-        self._request = None
         self._open_first = None
         self._opening = False
         self.thumbnails_shown = False  # for tools that render the window (screenshots, self-test)
+        self._waiting: list = []  # (signal, slot) connections that start the thumbnails later
+        self._deferred = None  # the thumbnails start, once the delay is over
+        self._delay = QTimer(self, singleShot=True, interval=250)
+        self._delay.timeout.connect(self._start_deferred)
         self.tree.itemActivated.connect(self._open_item)
         self.tree.itemClicked.connect(self._open_item)
 
@@ -80,18 +92,17 @@ class StudyPanel(QWidget):
         self._open_first = paths if open_first else None
         self._opening = open_first or opening
         self.thumbnails_shown = False
-        self._request = self.session.runner.call(lambda: scan(paths), "scanning studies",
-                                                 self._scanned, self._failed)
+        self._stop_waiting()
+        self.session.runner.drop(THUMBNAILS_JOB)  # the last folder's, no longer wanted
+        self.session.runner.start(CallJob[tuple[list, list]](lambda: scan(paths), "scanning studies"), key=SCAN_JOB,
+                                  on_done=self._scanned, on_failed=self._failed)
 
-    def _failed(self, request: int, message: str) -> None:
-        if request == self._request:
-            self.info.setText(f"Could not scan: {message}")
-            if self._open_first:
-                self.session.open_paths(self._open_first)
+    def _failed(self, exc: BaseException) -> None:
+        self.info.setText(f"Could not scan: {user_message(exc, 'scanning studies')}")
+        if self._open_first:
+            self.session.open_paths(self._open_first)
 
-    def _scanned(self, request: int, result) -> None:
-        if request != self._request:
-            return
+    def _scanned(self, result: tuple[list, list]) -> None:  # studies, skipped files
         self._studies, skipped = result
         self.refill()
         n_images = len(self._items)
@@ -109,38 +120,47 @@ class StudyPanel(QWidget):
                 self.session.open_files(paths)
             else:
                 self.session.open_paths(self._open_first)  # reports what is wrong with them
-        self._after_first_image(lambda: self.session.runner.call(
-            lambda: make_thumbnails(paths), "making thumbnails", self._thumbnails, self._thumbnails_failed))
+        self._after_first_image(lambda: self.session.runner.start(
+            StepsJob[dict[Path, np.ndarray]](lambda: thumbnail_steps(paths), "making thumbnails", background=True),
+            key=THUMBNAILS_JOB, on_done=self._thumbnails, on_failed=self._thumbnails_failed))
 
     def _after_first_image(self, start) -> None:
         """Run ``start`` once the image being opened is on screen (and analysed, when a model is
-        there): thumbnails decode every file of the folder, and on two cores they would slow
-        the one image the reader is waiting for."""
+        there): thumbnails decode every file of the folder, and even on their own background
+        thread they would slow the one image the reader is waiting for (two cores, one GIL)."""
         s = self.session
+        self._stop_waiting()
         if not self._opening:
             start()
             return
-        started = False
 
         def go(*_) -> None:
-            nonlocal started
-            if started:
-                return
-            started = True
-            for signal, slot in connections:
-                signal.disconnect(slot)
+            self._stop_waiting()
+            self._deferred = start
             # A moment later still: the decoder holds Python's GIL much of the time, and the
             # window should paint the result before the thumbnails start.
-            QTimer.singleShot(250, self, start)
+            self._delay.start()
 
-        connections = [(s.analysisState, lambda state: go() if state != "running" else None),
-                       (s.imageReady, lambda _image: go() if s.model is None else None),
-                       (s.imageFailed, go)]
-        for signal, slot in connections:
+        self._waiting = [(s.analysisState, lambda state: go() if state != "running" else None),
+                         (s.imageReady, lambda _image: go() if s.model is None else None),
+                         (s.imageFailed, go)]
+        for signal, slot in self._waiting:
             signal.connect(slot)
 
-    def _thumbnails_failed(self, _request: int, message: str) -> None:
-        self.info.setText(f"{self.info.text()}; thumbnails unavailable: {message}")
+    def _stop_waiting(self) -> None:
+        """Forget a deferred thumbnails start: a newer folder's replaces it."""
+        for signal, slot in self._waiting:
+            signal.disconnect(slot)
+        self._waiting, self._deferred = [], None
+        self._delay.stop()
+
+    def _start_deferred(self) -> None:
+        start, self._deferred = self._deferred, None
+        if start is not None:
+            start()
+
+    def _thumbnails_failed(self, exc: BaseException) -> None:
+        self.info.setText(f"{self.info.text()}; thumbnails unavailable: {user_message(exc, 'making thumbnails')}")
 
     def set_hide_identifying(self, hide: bool) -> None:
         self.hide_identifying = hide
@@ -168,7 +188,7 @@ class StudyPanel(QWidget):
             for i in range(top.childCount()):
                 top.child(i).setExpanded(True)
 
-    def _thumbnails(self, _request: int, thumbs: dict) -> None:
+    def _thumbnails(self, thumbs: dict[Path, np.ndarray]) -> None:
         self.thumbnails_shown = True
         for path, rgb in thumbs.items():
             item = self._items.get(path)

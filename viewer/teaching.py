@@ -25,12 +25,14 @@ from engine.resources import DEMO_MODEL, TEACHING_LABELS
 from engine.workflows.labels import read_labels
 from viewer import theme
 from viewer.display import METHOD_LABELS, METHODS, map_to_uint8, overlay_lut, overlay_step
+from viewer.jobs import CallJob, user_message
 from viewer.menus import menu_named
 from viewer.presentation import Presentation
 from viewer.results_panel import ResultsPanel
 from viewer.teaching_session import TeachingSession
 from viewer.viewport import Viewport
 
+TEACHING_MODEL_JOB = "teaching:model"  # its key on the main window's job runner
 TRUTH_COLOR = (80, 220, 120, 255)
 MARK_COLOR = "#4fd0ff"
 
@@ -309,9 +311,11 @@ def open_teaching(window, labels_csv: Path) -> None:
         start(window.session.model)
         return
     window.show_status("Loading the model for the teaching session…")
-    window.session.runner.call(lambda: engine.load_model(DEMO_MODEL, window.settings.get("engine")),
-                               "loading the model for teaching", lambda _r, model: start(model),
-                               lambda _r, message: window.show_error(message))
+    # Background work: the reading view keeps its interactive threads. Asking again replaces it.
+    job = CallJob[engine.LoadedModel](lambda: engine.load_model(DEMO_MODEL, window.settings.get("engine")),
+                                      "loading the model for teaching", background=True)
+    window.session.runner.start(job, key=TEACHING_MODEL_JOB, on_done=start,
+                                on_failed=lambda exc: window.show_error(user_message(exc, job.what)))
 
 
 def _choose_labels(window) -> None:

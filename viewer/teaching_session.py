@@ -1,6 +1,7 @@
 """A teaching session's state, without widgets: which case is shown, what the learner answered,
-what the model said, and the scores. Images load and analyses run on the JobRunner; the
-analysis starts as soon as a case is shown, so that the answer is usually ready at reveal.
+what the model said, and the scores. Images load and analyses run on the JobRunner, one case at a
+time (the latest case wins); the analysis starts as soon as a case is shown, so that the answer
+is usually ready at reveal.
 
 Identifying text never leaves this module: cases are "Case n of N", and the export names a case
 by its number and its line in the labels CSV, never by file, patient or date.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtCore import QObject, Signal
 
 import engine
 from engine.cam import METHOD_NAMES
@@ -23,8 +24,9 @@ from engine.workflows.evaluation import pointing_hit, pointing_tolerance
 from engine.files import unused_path, write_bytes_atomic
 from engine.workflows.labels import LabelledCase, LabelledSet
 from viewer.display import DisplayImage, make_display_image
-from viewer.jobs import JobRunner
+from viewer.jobs import CallJob, JobRunner, StepsJob, user_message
 
+CASE_JOB = "case"  # the shown case's loading, then its analysis: a new case replaces both
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,14 @@ class TeachingSession(QObject):
         self.labelled = labelled
         self.model = model
         self.mc_samples = mc_samples
-        # Its own pool, so that closing the session waits for its jobs only.
-        self.pool = QThreadPool(self)
-        self.runner = JobRunner(self, self.pool)
+        # Its own runner, so that closing the session waits for its jobs only. The learner waits
+        # for the image and (at reveal) for the analysis: interactive work, both.
+        self.runner = JobRunner(self)
         self.answers = [Answer(case) for case in labelled.cases]
         self.index = -1
         self.shown: ShownCase | None = None
         self.analysis = None
         self._reveal_waiting = False
-        self._request: int | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -109,35 +110,28 @@ class TeachingSession(QObject):
 
     def stop(self, timeout_ms: int = 10_000) -> None:
         """Cancel what runs and wait for it, so that no job reports to a closed window."""
-        self.runner.cancel(self._request)
-        self._request = None
-        self.pool.waitForDone(timeout_ms)
+        self.runner.close()
+        self.runner.wait(timeout_ms)
 
     def show_case(self, index: int) -> None:
-        self.runner.cancel(self._request)
         self.index, self.shown, self.analysis, self._reveal_waiting = index, None, None, False
         case = self.labelled.cases[index]
-        self._request = self.runner.call(lambda: _load_case(index + 1, case), "loading a teaching case",
-                                         self._loaded, self._failed)
+        self.runner.start(CallJob[ShownCase](lambda: _load_case(index + 1, case), "loading a teaching case"),
+                          key=CASE_JOB, on_done=self._loaded, on_failed=self._failed)
 
-    def _loaded(self, request: int, shown: ShownCase) -> None:
-        if request != self._request:
-            return
+    def _loaded(self, shown: ShownCase) -> None:
         self.shown = shown
         self.caseShown.emit(shown)
         options = engine.AnalysisOptions(methods=METHOD_NAMES, mc_samples=self.mc_samples)
         source, model = shown.source, self.model
-        self._request = self.runner.steps(lambda: engine.analysis_steps(source, model, options),
-                                          "analysing a teaching case", self._analysed, self._failed,
-                                          None, None)
+        job = StepsJob[engine.Analysis](lambda: engine.analysis_steps(source, model, options),
+                                        "analysing a teaching case")
+        self.runner.start(job, key=CASE_JOB, on_done=self._analysed, on_failed=self._failed)
 
-    def _failed(self, request: int, message: str) -> None:
-        if request == self._request:
-            self.caseFailed.emit(f"Case {self.index + 1}: {message}")
+    def _failed(self, exc: BaseException) -> None:
+        self.caseFailed.emit(f"Case {self.index + 1}: {user_message(exc)}")
 
-    def _analysed(self, request: int, analysis) -> None:
-        if request != self._request:
-            return
+    def _analysed(self, analysis: engine.Analysis) -> None:
         self.analysis = analysis
         answer = self.current
         answer.model = analysis.predicted
@@ -184,7 +178,7 @@ class TeachingSession(QObject):
         if self.index + 1 < self.count:
             self.show_case(self.index + 1)
         else:
-            self.runner.cancel(self._request)
+            self.runner.drop(CASE_JOB)
             self.finished.emit()
 
     # the end -------------------------------------------------------------------

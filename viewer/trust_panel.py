@@ -1,7 +1,7 @@
 """The Trust panel (View > Trust checks): how much the shown map deserves to be believed.
 
-Faithfulness (deletion / insertion) and the randomisation sanity check run on request on the
-session's job runner, for the method and class the window shows; the model's calibration comes
+Faithfulness (deletion / insertion) and the randomisation sanity check run on request as background
+jobs of the session's runner, for the method and class the window shows; the model's calibration comes
 from its bundle or from an evaluation file. See docs/trust.md for what the numbers mean.
 """
 
@@ -13,14 +13,24 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QScrollArea, QVBoxLayout, QWidget)
 
-from engine.trust.calibration import calibration_status, evaluation_reliability
+from engine import Analysis
 from engine.errors import LanternError
-from engine.trust.faithfulness import chance_map, score_analysis, score_map
 from engine.files import unused_path, write_json_atomic
-from engine.trust.sanity import randomization_steps
+from engine.steps import Progress
+from engine.trust.calibration import calibration_status, evaluation_reliability
+from engine.trust.faithfulness import FaithfulnessScore, chance_map, score_analysis, score_map
+from engine.trust.sanity import SanityResult, randomization_steps
 from viewer.display import METHOD_LABELS
+from viewer.jobs import CallJob, StepsJob, user_message
 from viewer.menus import menu_named
 from viewer.trust_views import FaithfulnessView, ReliabilityView, SanityView, section
+
+# The panel's job keys: a new request, or a new analysis, replaces the running check of its kind.
+FAITHFULNESS_JOB, SANITY_JOB = "trust:faithfulness", "trust:sanity"
+# What the checks' jobs return. The checked analysis travels with its result, which is kept only if
+# that analysis is still the shown one (the window may have moved on before on_analysis ran).
+Scored = tuple[Analysis, str, int, FaithfulnessScore, FaithfulnessScore]  # method, class, score, random map's
+Checked = tuple[Analysis, SanityResult]
 
 
 class TrustPanel(QWidget):
@@ -77,8 +87,6 @@ class TrustPanel(QWidget):
         outer.addWidget(scroll)
 
         self.results: dict = {}  # (method, class) -> {"faithfulness": ..., "chance": ..., "sanity": ...}
-        self._faith_request: int | None = None
-        self._sanity_request: int | None = None
         self.session.modelReady.connect(self.on_model)
         # Queued: the window picks the class and method to show in its own slots, which run first.
         queued = Qt.ConnectionType.QueuedConnection
@@ -90,6 +98,14 @@ class TrustPanel(QWidget):
         self.on_analysis()
 
     # what is shown ------------------------------------------------------------------
+    @property
+    def scoring(self) -> bool:
+        return self.session.runner.running(FAITHFULNESS_JOB)
+
+    @property
+    def checking(self) -> bool:
+        return self.session.runner.running(SANITY_JOB)
+
     def target(self):
         """(analysis, method, class index) of the map the window shows, or None."""
         analysis = self.session.analysis
@@ -105,17 +121,18 @@ class TrustPanel(QWidget):
             self.reliability.show_diagram(None, None, "", exc.message)
 
     def on_analysis(self, *_) -> None:
+        """A new image or analysis: checks of the last one are stopped and never reported."""
         self.results = {}
-        self.session.runner.cancel(self._sanity_request)
-        self._faith_request = self._sanity_request = None
+        self.session.runner.drop(FAITHFULNESS_JOB)
+        self.session.runner.drop(SANITY_JOB)
         self._sanity_running(False)
         self.show_target()
 
     def show_target(self, *_) -> None:
         target = self.target()
         has = target is not None
-        self.score_button.setEnabled(has and self._faith_request is None)
-        self.sanity_button.setEnabled(has and self._sanity_request is None)
+        self.score_button.setEnabled(has and not self.scoring)
+        self.sanity_button.setEnabled(has and not self.checking)
         if not has:
             self.target_label.setText("Analyse an image to check its maps.")
             self.faithfulness.clear()
@@ -143,30 +160,26 @@ class TrustPanel(QWidget):
         analysis, method, index = target
         backend = self.session.model.backend
 
-        def job():
+        def job() -> Scored:
             score = score_analysis(analysis, backend, method, index)
             chance = score_map(backend, analysis.model_input.tensor, chance_map(analysis.maps[method]),
                                index, method="random map")
             return analysis, method, index, score, chance
 
         self.faithfulness.clear("Scoring…")
-        self._faith_request = self.session.runner.call(job, "faithfulness", self._scored, self._faith_failed)
+        self.session.runner.start(CallJob[Scored](job, "scoring a map's faithfulness", background=True),
+                                  key=FAITHFULNESS_JOB, on_done=self._scored, on_failed=self._faith_failed)
         self.score_button.setEnabled(False)
 
-    def _scored(self, request: int, result) -> None:
-        if request != self._faith_request:
-            return
-        self._faith_request = None
+    def _scored(self, result: Scored) -> None:
         analysis, method, index, score, chance = result
         if analysis is self.session.analysis:
             self.results.setdefault((method, index), {}).update(faithfulness=score, chance=chance)
         self.show_target()
 
-    def _faith_failed(self, request: int, message: str) -> None:
-        if request == self._faith_request:
-            self._faith_request = None
-            self.show_target()
-            self.faithfulness.clear(f"⚠ Could not score the map: {message}")
+    def _faith_failed(self, exc: BaseException) -> None:
+        self.show_target()
+        self.faithfulness.clear(f"⚠ Could not score the map: {user_message(exc, 'scoring the map')}")
 
     # sanity -------------------------------------------------------------------------
     def run_sanity(self) -> None:
@@ -177,9 +190,10 @@ class TrustPanel(QWidget):
         model = self.session.model
         self.sanity.clear("Randomising the model layer by layer…")
         self._sanity_running(True)
-        self._sanity_request = self.session.runner.steps(
-            lambda: self._sanity_steps(model, analysis, method, index), "randomisation check",
-            self._checked, self._sanity_failed, self._sanity_progress, self._sanity_cancelled)
+        job = StepsJob[Checked](lambda: self._sanity_steps(model, analysis, method, index),
+                                "running the randomisation check", background=True)
+        self.session.runner.start(job, key=SANITY_JOB, on_done=self._checked, on_failed=self._sanity_failed,
+                                  on_progress=self._sanity_progress, on_cancelled=self._sanity_cancelled)
         self.sanity_button.setEnabled(False)
 
     @staticmethod
@@ -191,37 +205,33 @@ class TrustPanel(QWidget):
         self.cancel_button.setVisible(running)
         self.sanity_progress.setVisible(running)
 
-    def _sanity_progress(self, request: int, step: int, total: int, stage: str) -> None:
-        if request == self._sanity_request:
-            self.sanity_progress.setRange(0, total)
-            self.sanity_progress.setValue(step)
-            self.sanity_progress.setFormat(f"{stage} (%v/%m)")
+    def _sanity_progress(self, progress: Progress) -> None:
+        self.sanity_progress.setRange(0, progress.total)
+        self.sanity_progress.setValue(progress.step)
+        self.sanity_progress.setFormat(f"{progress.stage} (%v/%m)")
 
-    def _checked(self, request: int, payload) -> None:
-        if request != self._sanity_request:
-            return
-        self._sanity_request = None
+    def _checked(self, payload: Checked) -> None:
         self._sanity_running(False)
         analysis, result = payload
         if analysis is self.session.analysis:
             self.results.setdefault((result.method, result.class_index), {})["sanity"] = result
         self.show_target()
 
-    def _sanity_failed(self, request: int, message: str) -> None:
-        self._sanity_over(request, f"⚠ The randomisation check could not run: {message}")
+    def _sanity_failed(self, exc: BaseException) -> None:
+        message = user_message(exc, "running the randomisation check")
+        self._sanity_over(f"⚠ The randomisation check could not run: {message}")
 
-    def _sanity_cancelled(self, request: int) -> None:
-        self._sanity_over(request, "Randomisation check cancelled.")
+    def _sanity_cancelled(self) -> None:
+        self._sanity_over("Randomisation check cancelled.")
 
-    def _sanity_over(self, request: int, text: str) -> None:
-        if request == self._sanity_request:
-            self._sanity_request = None
-            self._sanity_running(False)
-            self.show_target()
-            self.sanity.clear(text)
+    def _sanity_over(self, text: str) -> None:
+        self._sanity_running(False)
+        self.show_target()
+        self.sanity.clear(text)
 
     def cancel_sanity(self) -> None:
-        self.session.runner.cancel(self._sanity_request)
+        """The check stops after its current layer; the panel says so once it has."""
+        self.session.runner.cancel(SANITY_JOB)
 
     # calibration and report -------------------------------------------------------
     def _choose_evaluation(self) -> None:

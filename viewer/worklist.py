@@ -8,8 +8,8 @@ source folder), never beside the sources; opening the same folder again reuses w
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QEvent, QObject, QStandardPaths, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout,
@@ -17,10 +17,15 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxL
                                QVBoxLayout, QWidget)
 
 from viewer import logs
+from viewer.jobs import StepsJob, user_message
 from viewer.menus import menu_named
 from viewer.worklist_table import COLUMNS, FLAGGED_COLUMN, WorklistFilter, WorklistModel
 
-log = logging.getLogger("lantern.worklist")
+if TYPE_CHECKING:
+    from engine.steps import Progress
+    from engine.workflows.batch import BatchResult
+
+BATCH_JOB = "worklist"  # its key on the window's job runner: a new run replaces the running one
 
 
 def output_folder(root: Path, source: Path) -> Path:
@@ -41,7 +46,6 @@ class WorklistPanel(QWidget):
         self.output_root = output_root or default_output_root()
         self.source: Path | None = None
         self.failures: tuple = ()
-        self._request: int | None = None
         self._live: list = []
         self.model = WorklistModel(self)
         self.proxy = WorklistFilter(self)
@@ -95,7 +99,7 @@ class WorklistPanel(QWidget):
 
     def run(self, source: Path) -> None:
         import engine
-        from engine.workflows.batch import BatchOptions, batch_steps
+        from engine.workflows.batch import BatchOptions, BatchResult, batch_steps
 
         model = self.window.session.model
         if model is None:
@@ -112,44 +116,50 @@ class WorklistPanel(QWidget):
         options = BatchOptions(anonymize=self.anonymous.isChecked())
         folder, engine_name = model.bundle.folder, model.engine
         # The batch opens its own engine: the reading session's analyses keep theirs, undisturbed.
-        self._request = self.window.session.runner.steps(
+        # Background work: opening and analysing images in the reading view goes first.
+        job = StepsJob[BatchResult](
             lambda: batch_steps(source, out, engine.load_model(folder, engine_name), options, on_row=live.append),
-            "triaging a folder", self._done, self._failed, self._progress, self._cancelled)
+            "triaging a folder", background=True)
+        self.runner.start(job, key=BATCH_JOB, on_done=self._done, on_failed=self._failed, on_progress=self._progress)
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self.status.setText(f"Triaging {source.name}…")
         self.window.show_status(f"Worklist: triaging {source.name}…")
 
+    @property
+    def runner(self):
+        return self.window.session.runner
+
     def cancel(self) -> None:
-        request, self._request = self._request, None
-        if request is not None:
-            self.window.session.runner.cancel(request)
+        """Stop the batch; the table keeps what it has analysed and nothing more arrives. The batch
+        stops between two chunks and saves its record (engine.workflows.batch)."""
+        if self.runner.drop(BATCH_JOB):
             self.model.append_rows(self._live[len(self.model.rows):])
             self._idle(f"Cancelled. What was analysed is kept; open {self.source.name} again to continue.")
 
     @property
     def running(self) -> bool:
-        return self._request is not None
+        return self.runner.running(BATCH_JOB)
 
     def _idle(self, message: str) -> None:
+        if self.cancel_button.hasFocus():
+            # Hidden with the focus, the button would pass it on to the table, which then makes
+            # its first row current, and that opens the row's image in the reading view.
+            self.open_button.setFocus()
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self.status.setText(message)
         self.window.show_status(f"Worklist: {message}")
 
-    def _progress(self, request: int, step: int, total: int, stage: str) -> None:
-        if request == self._request:
-            self.progress.setRange(0, total)
-            self.progress.setValue(step)
-            self.progress.setFormat("%v/%m")
-            self.model.append_rows(self._live[len(self.model.rows):])
-            self.status.setText(f"Triaging {self.source.name}: {stage}")
+    def _progress(self, progress: Progress) -> None:
+        self.progress.setRange(0, progress.total)
+        self.progress.setValue(progress.step)
+        self.progress.setFormat("%v/%m")
+        self.model.append_rows(self._live[len(self.model.rows):])
+        self.status.setText(f"Triaging {self.source.name}: {progress.stage}")
 
-    def _done(self, request: int, result) -> None:
-        if request != self._request:
-            return
-        self._request = None
+    def _done(self, result: BatchResult) -> None:
         self.failures = result.failures
         self.model.append_rows(self._live[len(self.model.rows):])  # keeps the reader's selection
         if len(self.model.rows) != len(result.rows):
@@ -162,14 +172,9 @@ class WorklistPanel(QWidget):
         self.status.setToolTip("\n".join(f"{p.name}: {why}" for p, why in result.failures))
         self._idle(message)
 
-    def _failed(self, request: int, message: str) -> None:
-        if request == self._request:
-            self._request = None
-            self._idle("Stopped.")
-            self.window.show_error(message)
-
-    def _cancelled(self, request: int) -> None:
-        log.info("worklist batch %d cancelled", request)
+    def _failed(self, exc: BaseException) -> None:
+        self._idle("Stopped.")
+        self.window.show_error(user_message(exc, "triaging a folder"))
 
     # opening -------------------------------------------------------------------
     def visible_rows(self) -> list:
