@@ -13,9 +13,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Settings written by the viewer under test must not touch the user's own.
 os.environ.setdefault("XDG_CONFIG_HOME", str(Path(__file__).parent / ".." / ".pytest_cache" / "config"))
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_BUNDLE = ROOT / "resources" / "models" / "demo"
-DEMO_STUDIES = ROOT / "resources" / "studies"
+from engine.resources import DEMO_MODEL as DEMO_BUNDLE  # noqa: E402
+from engine.resources import DEMO_STUDIES, ROOT  # noqa: E402,F401 (ROOT: for the tests that import it)
 
 
 def make_bundle(folder: Path, *, architecture="resnet18", classes=("normal", "nodule", "effusion"),

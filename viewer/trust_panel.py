@@ -18,10 +18,10 @@ from engine.errors import LanternError
 from engine.files import unused_path, write_json_atomic
 from engine.steps import Progress
 from engine.trust.calibration import calibration_status, evaluation_reliability
-from engine.trust.faithfulness import FaithfulnessScore, chance_map, score_analysis, score_map
+from engine.trust.faithfulness import FaithfulnessScore, chance_map, score_analysis_steps, score_map_steps
 from engine.trust.sanity import SanityResult, randomization_steps
 from viewer.display import METHOD_LABELS
-from viewer.jobs import CallJob, StepsJob, user_message
+from viewer.jobs import StepsJob, user_message
 from viewer.menus import menu_named
 from viewer.trust_views import FaithfulnessView, ReliabilityView, SanityView, section
 
@@ -160,15 +160,16 @@ class TrustPanel(QWidget):
         analysis, method, index = target
         backend = self.session.model.backend
 
-        def job() -> Scored:
-            score = score_analysis(analysis, backend, method, index)
-            chance = score_map(backend, analysis.model_input.tensor, chance_map(analysis.maps[method]),
-                               index, method="random map")
+        def steps():  # the map, then a random map at its resolution: the score to beat
+            score = yield from score_analysis_steps(analysis, backend, method, index)
+            chance = yield from score_map_steps(backend, analysis.model_input.tensor,
+                                                chance_map(analysis.maps[method]), index, method="random map")
             return analysis, method, index, score, chance
 
         self.faithfulness.clear("Scoring…")
-        self.session.runner.start(CallJob[Scored](job, "scoring a map's faithfulness", background=True),
-                                  key=FAITHFULNESS_JOB, on_done=self._scored, on_failed=self._faith_failed)
+        self.session.runner.start(StepsJob[Scored](steps, "scoring a map's faithfulness", background=True),
+                                  key=FAITHFULNESS_JOB, on_done=self._scored, on_failed=self._faith_failed,
+                                  on_cancelled=self.show_target)
         self.score_button.setEnabled(False)
 
     def _scored(self, result: Scored) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from engine.cam import ClassMaps
 from engine.preprocess import Geometry, map_to_source
+from engine.steps import Progress, Steps, run_to_end
 from engine.uncertainty import softmax
 
 DEFAULT_STEPS = 16
@@ -109,19 +110,15 @@ def perturbed_inputs(tensor: np.ndarray, order: np.ndarray, steps: int,
     return batch
 
 
-def _probabilities(backend, batch: np.ndarray) -> np.ndarray:
-    logits = np.concatenate([backend.forward(batch[i : i + BATCH]) for i in range(0, len(batch), BATCH)])
-    return softmax(logits.astype(np.float64))
-
-
 def _auc(fractions: np.ndarray, curve: np.ndarray) -> float:
     return float(np.sum((curve[1:] + curve[:-1]) * np.diff(fractions)) / 2.0)
 
 
-def score_map(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: int, method: str = "",
-              steps: int = DEFAULT_STEPS, deletion_baseline: str = DELETION_BASELINE,
-              insertion_baseline: str = INSERTION_BASELINE, seed: int = 0) -> FaithfulnessScore:
-    """Deletion and insertion of ``saliency`` (h, w, on the input grid) for one class."""
+def score_map_steps(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: int, method: str = "",
+                    steps: int = DEFAULT_STEPS, deletion_baseline: str = DELETION_BASELINE,
+                    insertion_baseline: str = INSERTION_BASELINE, seed: int = 0) -> Steps[FaithfulnessScore]:
+    """Deletion and insertion of ``saliency`` (h, w, on the input grid) for one class, as steps
+    (one per forward batch), so that the viewer can stop it between batches."""
     if steps < 2:
         raise ValueError("faithfulness needs at least 2 steps")
     if saliency.shape != tensor.shape[2:]:
@@ -129,7 +126,13 @@ def score_map(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: in
     batch = perturbed_inputs(tensor, pixel_order(saliency, seed), steps,
                              removal_baseline(tensor, deletion_baseline), removal_baseline(tensor, insertion_baseline))
     # The image itself once more, so that every point of both curves comes from this one call.
-    probs = _probabilities(backend, np.concatenate([batch, tensor]))[:, class_index]
+    batch = np.concatenate([batch, tensor])
+    starts = range(0, len(batch), BATCH)
+    logits = []
+    for n, start in enumerate(starts):
+        yield Progress(f"deletion and insertion ({method or 'map'})", n, len(starts))
+        logits.append(backend.forward(batch[start : start + BATCH]))
+    probs = softmax(np.concatenate(logits).astype(np.float64))[:, class_index]
     original = probs[-1]
     deletion = np.concatenate([[original], probs[:steps]])
     insertion = np.concatenate([probs[steps : 2 * steps], [original]])
@@ -139,11 +142,22 @@ def score_map(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: in
                              deletion_baseline, insertion_baseline)
 
 
-def score_analysis(analysis, backend, method: str, class_index: int, **options) -> FaithfulnessScore:
+def score_map(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: int, method: str = "",
+              **options) -> FaithfulnessScore:
+    """:func:`score_map_steps`, run to the end."""
+    return run_to_end(score_map_steps(backend, tensor, saliency, class_index, method, **options))
+
+
+def score_analysis_steps(analysis, backend, method: str, class_index: int, **options) -> Steps[FaithfulnessScore]:
     """Faithfulness of one map of an :class:`~engine.analysis.Analysis` (same engine or another)."""
     maps = analysis.maps[method]
-    return score_map(backend, analysis.model_input.tensor, input_map(maps, class_index), class_index,
-                     method=method, **options)
+    return score_map_steps(backend, analysis.model_input.tensor, input_map(maps, class_index), class_index,
+                           method=method, **options)
+
+
+def score_analysis(analysis, backend, method: str, class_index: int, **options) -> FaithfulnessScore:
+    """:func:`score_analysis_steps`, run to the end."""
+    return run_to_end(score_analysis_steps(analysis, backend, method, class_index, **options))
 
 
 def score_analyses(analyses: Iterable, model, methods: Sequence[str] | None = None,

@@ -15,9 +15,10 @@ from engine.workflows.evaluation import (class_metrics, confusion_matrix, metric
                                roc_curve)
 from engine.trust.temperature import fit_temperature, nll
 from engine.uncertainty import calibrated_probabilities as tempered
+from engine.resources import TEACHING_SET
 
 CLASSES = ("normal", "nodule", "effusion")
-TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching"
+TEACHING = TEACHING_SET
 
 # Six cases worked by hand (see the comments in the test).
 TRUE = np.array([0, 0, 1, 1, 2, 2])

@@ -12,8 +12,9 @@ import cv2
 import pytest
 
 from engine.cli.main import main
+from engine.resources import DEMO_STUDIES
 
-STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
+STUDY = DEMO_STUDIES
 
 
 def digest(path: Path) -> str:

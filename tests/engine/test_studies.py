@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 from pydicom.uid import CTImageStorage, RTPlanStorage, generate_uid
 
-from conftest import new_dicom
+from tests.conftest import new_dicom
 from engine.studies import ImageRef, ScanResult, Series, Study, scan_studies
 
 PYDICOM_DICOMDIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "DICOMDIR"

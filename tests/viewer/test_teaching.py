@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.resources import TEACHING_SET
+
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
@@ -23,7 +25,7 @@ from viewer.teaching import TeachingWindow  # noqa: E402
 from viewer.teaching_session import TeachingSession  # noqa: E402
 
 TIMEOUT = 30_000
-TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching"
+TEACHING = TEACHING_SET
 
 
 @pytest.fixture(scope="module")

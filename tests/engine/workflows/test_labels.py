@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from engine.workflows.labels import LabelsError, read_labels
+from engine.resources import TEACHING_LABELS
 
 CLASSES = ("normal", "nodule", "effusion")
-TEACHING = Path(__file__).resolve().parents[1] / "resources" / "teaching" / "labels.csv"
+TEACHING = TEACHING_LABELS
 
 
 def write_set(folder: Path, body: str, images=("a.png", "b.png"), masks=("a_mask.png",)) -> Path:

@@ -130,7 +130,7 @@ def test_all_class_gradients_come_from_one_batched_backward(tmp_path, monkeypatc
 
 
 def test_densenet_with_an_in_place_relu_after_the_explained_layer(tmp_path):
-    from conftest import make_bundle
+    from tests.conftest import make_bundle
 
     bundle = make_bundle(tmp_path / "densenet", architecture="densenet121", size=64)
     backend = load_model(bundle, "torch").backend

@@ -15,8 +15,9 @@ import pytest
 from engine import AnalysisOptions, LanternError, analyze, load_image, load_model
 from engine.workflows.batch import BatchOptions, batch_steps, run_batch
 from engine.cli.main import main
+from engine.resources import DEMO_STUDIES
 
-STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
+STUDY = DEMO_STUDIES
 GOOD = ("demo_nodule.dcm", "demo_normal.dcm", "demo_multiframe.dcm", "demo_nodule.png")
 
 
@@ -116,7 +117,7 @@ def test_other_options_or_engines_are_not_mistaken_for_finished_work(tmp_path, i
 
 
 def test_the_torch_engine_gives_the_same_rows_one_image_at_a_time(tmp_path):
-    from conftest import make_bundle
+    from tests.conftest import make_bundle
 
     # A fitted temperature must shape the batch's figures exactly as it shapes the viewer's.
     bundle = make_bundle(tmp_path / "tempered", calibration={"temperature": 2.5})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_bundle
+from tests.conftest import ROOT, make_bundle
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

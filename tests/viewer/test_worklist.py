@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.resources import DEMO_STUDIES
+
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
@@ -20,7 +22,7 @@ from PySide6.QtWidgets import QFileDialog  # noqa: E402
 from viewer.main_window import MainWindow  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 
-STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
+STUDY = DEMO_STUDIES
 TIMEOUT = 30_000
 
 

@@ -14,6 +14,7 @@ from pydicom.uid import UID
 
 from engine.synthetic.demo_data import DEMO_FILES, write_demo_studies
 from engine.synthetic.phantoms import CLASSES, Phantom, make_dataset, make_phantom
+from engine.resources import DEMO_STUDIES
 
 NORMAL, NODULE, EFFUSION = (CLASSES.index(c) for c in ("normal", "nodule", "effusion"))
 
@@ -216,7 +217,7 @@ def test_demo_studies_are_reproducible(tmp_path, demo_dir):
 
 def test_shipped_demo_studies_are_up_to_date(demo_dir):
     """resources/studies holds exactly what `python -m engine.synthetic.demo_data` writes today."""
-    shipped = Path(__file__).resolve().parents[1] / "resources" / "studies"
+    shipped = DEMO_STUDIES
     if not (shipped / "README.txt").exists():
         pytest.skip("no shipped demo studies in this checkout")
     stale = "is stale: run `python -m engine.synthetic.demo_data resources/studies`"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.resources import TEACHING_LABELS
+
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
@@ -18,7 +20,7 @@ from viewer.main_window import MainWindow  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 
 TIMEOUT = 60_000
-TEACHING_LABELS = Path(__file__).resolve().parents[1] / "resources" / "teaching" / "labels.csv"
+TEACHING_LABELS = TEACHING_LABELS
 
 
 def open_dialog(qtbot, tmp_path, bundle: Path):

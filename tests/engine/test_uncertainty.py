@@ -56,7 +56,7 @@ def test_cached_feature_mc_equals_naive_full_passes(tiny_bundle):
 
 def test_model_without_dropout_reports_unavailable(tmp_path):
     pytest.importorskip("torch")
-    from conftest import make_bundle
+    from tests.conftest import make_bundle
     from engine.analysis import AnalysisOptions, analyze, load_model
     from engine.images import ImageMetadata, SourceImage, Window
 

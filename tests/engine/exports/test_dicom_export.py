@@ -14,8 +14,9 @@ from engine.exports.anonymize import Pseudonymizer
 from engine.exports.dicom_export import export_dicom
 from engine.exports.pictures import side_by_side
 from engine.exports.report import render_report, report_entry, study_details
+from engine.resources import DEMO_STUDIES
 
-STUDY = Path(__file__).resolve().parents[1] / "resources" / "studies"
+STUDY = DEMO_STUDIES
 IDENTIFYING = (b"DEMO^NODULE", b"LANTERN-DEMO-1", b"DEMO^MULTIFRAME", b"LANTERN-DEMO-4", b"20240315", b"DEMO0001")
 
 

@@ -309,7 +309,7 @@ def test_corrupt_file_shows_message_and_window_keeps_working(qtbot, tmp_path, ti
 
 
 def test_no_uncertainty_shows_the_note_and_demo_notice(qtbot, tmp_path, tiny_bundle):
-    from conftest import make_bundle
+    from tests.conftest import make_bundle
 
     demo = make_bundle(tmp_path / "demo", synthetic_demo=True)
     window = make_window(qtbot, tmp_path, Session(mc_samples=0))

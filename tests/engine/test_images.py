@@ -21,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from conftest import new_dicom
+from tests.conftest import new_dicom
 from engine.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
 from engine.images import SourceImage, Window, load_image
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_STUDIES = ROOT / "resources" / "studies"
+from engine.resources import DEMO_STUDIES, ROOT
+
 _spec = importlib.util.spec_from_file_location("lantern_build_package", ROOT / "build" / "package.py")
 package = importlib.util.module_from_spec(_spec)  # build/package.py, without touching sys.path
 _spec.loader.exec_module(package)

@@ -1,0 +1,1 @@
+"""Lantern's tests; the folders mirror engine/, viewer/ and build/."""
