@@ -6,7 +6,7 @@ import pytest
 from engine.analysis import AnalysisOptions, analyze, load_model
 from engine.trust.faithfulness import (
     DEFAULT_STEPS, FaithfulnessScore, chance_map, input_map, perturbed_inputs, pixel_order, score_analyses, score_analysis,
-    score_map, scores_to_dict,
+    score_map, score_map_steps, scores_to_dict,
 )
 from engine.synthetic.phantoms import make_phantom
 
@@ -61,6 +61,29 @@ def test_the_true_evidence_scores_better_than_the_reverse_on_a_known_model():
     # Curves start and end at the image's own probability.
     assert right.deletion_curve[0] == pytest.approx(right.insertion_curve[-1])
     assert right.fractions[0] == 0.0 and right.fractions[-1] == 1.0 and len(right.fractions) == DEFAULT_STEPS + 1
+
+
+def test_scoring_runs_in_steps_that_can_be_stopped_between_forward_batches():
+    rng = np.random.default_rng(2)
+    tensor = rng.random((1, 1, 32, 32)).astype(np.float32)
+    saliency = rng.random((32, 32)).astype(np.float32)
+
+    class Counting(SquareDetector):
+        calls = 0
+
+        def forward(self, batch):
+            Counting.calls += 1
+            return super().forward(batch)
+
+    steps = score_map_steps(Counting(), tensor, saliency, 1, method="m", steps=40)
+    first = next(steps)
+    assert first.total == 3 and Counting.calls == 0  # 81 inputs in batches of 32, none run yet
+    next(steps)
+    steps.close()  # the viewer cancels here
+    assert Counting.calls == 1
+    whole = score_map(Counting(), tensor, saliency, 1, method="m", steps=40)
+    assert Counting.calls == 4
+    assert whole.deletion_auc == score_map(SquareDetector(), tensor, saliency, 1, method="m", steps=40).deletion_auc
 
 
 def test_score_is_json_ready_and_refuses_a_map_of_the_wrong_size():
