@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from engine.analysis import AnalysisOptions, LoadedModel, analyze, load_model  # noqa: E402
+from engine.analysis import AnalysisOptions, analyze, load_model  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.bundle import parse_manifest  # noqa: E402
 from engine.images import ImageMetadata, SourceImage, Window  # noqa: E402

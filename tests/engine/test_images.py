@@ -16,7 +16,6 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     BasicTextSRStorage,
     CTImageStorage,
-    ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
 )

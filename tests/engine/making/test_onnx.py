@@ -128,7 +128,6 @@ def test_export_refuses_a_wrong_graph_and_leaves_nothing(exported, tmp_path, mon
 
 
 def test_quantize_refuses_then_writes_and_records_validation(exported, tmp_path):
-    from engine.bundle import load_bundle
     from engine.making.quantization import INT8_FILE, QuantizationRefused, quantize_bundle
 
     folder = tmp_path / "b"
