@@ -150,6 +150,21 @@ def test_command_line():
         parse_args(["--engine", "tensorflow"])
 
 
+def test_calls_that_return_nothing_no_longer_exhaust_none(qapp):
+    """PySide6 6.12 drops a reference to None on every call that returns nothing (setText,
+    setEnabled, update...); the viewer compensates. Without it this loop aborts the interpreter
+    ("none_dealloc"), as long test runs did at exit."""
+    import sys
+
+    from PySide6.QtWidgets import QLabel
+
+    label = QLabel()
+    for i in range(50_000):  # far more than None's natural reference count in a bare process
+        label.setText("x")
+        label.setEnabled(bool(i % 2))
+    assert sys.getrefcount(None) > 1_000_000
+
+
 def test_signal_emits_no_longer_exhaust_true():
     """PySide6 6.12's emit() drops a reference to True each call; the viewer compensates."""
     import sys
