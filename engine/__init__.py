@@ -28,11 +28,16 @@ those above it (import-linter contracts in pyproject.toml):
     trust/       faithfulness, sanity, similarity, calibration, temperature    shipped
     synthetic/   phantoms, demo_data, teaching_set (patient-free demo data)    shipped
 
-The viewer calls the pipeline through the names below, and uses trust/, workflows/, exports/
-and synthetic/ directly; it never imports cli/ or making/.
+The names below are the pipeline's interface, the one the viewer (or any other front end) uses:
+it never imports a pipeline module directly (an import-linter contract), and it uses trust/,
+workflows/, exports/ and synthetic/ directly, never cli/ or making/. ``scan_studies`` is loaded
+on first use: it brings pydicom, which opening a PNG or starting the window does not need.
 """
 
 from engine.analysis import Analysis, AnalysisOptions, LoadedModel, analysis_steps, analyze, load_model
+from engine.backends import ENGINES
+from engine.bundle import ModelBundle
+from engine.cam import DEFAULT_METHOD, METHOD_NAMES, method_label
 from engine.errors import (
     AnalysisCancelled,
     EngineUnavailableError,
@@ -42,11 +47,31 @@ from engine.errors import (
     ModelBundleError,
     NotAnImageError,
 )
+from engine.files import folder_size, unused_path, write_bytes_atomic, write_json_atomic
 from engine.images import SourceImage, load_image
-from engine.steps import Progress, run_to_end
+from engine.resources import DEMO_MODEL, DEMO_STUDIES, ROOT, TEACHING_LABELS
+from engine.steps import Progress, Steps, run_to_end
+from engine.uncertainty import DEFAULT_SAMPLES
+from engine.version import lantern_version
 
 __all__ = [
-    "Analysis", "AnalysisOptions", "LoadedModel", "Progress", "analysis_steps", "analyze", "load_model", "run_to_end",
-    "AnalysisCancelled", "EngineUnavailableError", "ImageLoadError", "ImageTooLargeError",
-    "LanternError", "ModelBundleError", "NotAnImageError", "SourceImage", "load_image",
+    # analysing: open an image and a model, analyse, as steps that can be stopped
+    "Analysis", "AnalysisOptions", "LoadedModel", "ModelBundle", "SourceImage", "analysis_steps", "analyze",
+    "load_image", "load_model", "scan_studies", "Progress", "Steps", "run_to_end",
+    # the choices a front end offers, with their defaults
+    "ENGINES", "DEFAULT_METHOD", "METHOD_NAMES", "method_label", "DEFAULT_SAMPLES",
+    # what can go wrong, in plain words
+    "AnalysisCancelled", "EngineUnavailableError", "ImageLoadError", "ImageTooLargeError", "LanternError",
+    "ModelBundleError", "NotAnImageError",
+    # writing files (atomic, never over a source), the shipped resources, Lantern's version
+    "folder_size", "unused_path", "write_bytes_atomic", "write_json_atomic",
+    "DEMO_MODEL", "DEMO_STUDIES", "ROOT", "TEACHING_LABELS", "lantern_version",
 ]
+
+
+def __getattr__(name: str):
+    if name == "scan_studies":  # loaded on first use (see above)
+        from engine.studies import scan_studies
+
+        return scan_studies
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

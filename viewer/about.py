@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
-from engine.version import lantern_version
+from engine import lantern_version
 
 # What the packaged app bundles and under which licence (from each package's metadata).
 BUNDLED = (

@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.backends import ENGINES
-from engine.resources import DEMO_MODEL, DEMO_STUDIES
+from engine import DEMO_MODEL, DEMO_STUDIES, ENGINES
 from viewer.about import install_about
 from viewer.qt_app import headless_if_needed, make_app
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 
-from engine.cam import METHOD_NAMES, method_label
+from engine import METHOD_NAMES, method_label
 
 # (label, width, center) in Hounsfield units, as reading rooms know them.
 WINDOW_PRESETS: tuple[tuple[str, float, float], ...] = (

@@ -15,8 +15,7 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QHBoxLayout, QHe
                                QVBoxLayout)
 
 import engine
-from engine.bundle import ModelBundle
-from engine.steps import Progress
+from engine import ModelBundle, Progress
 from engine.workflows.evaluation_outputs import fit_and_store, write_outputs
 from engine.workflows.evaluation_run import EvaluationRun, build_report, evaluation_steps
 from engine.workflows.labels import read_labels

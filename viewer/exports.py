@@ -18,7 +18,7 @@ from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QFileDialog
 
 from engine.exports.anonymize import Pseudonymizer
-from engine.files import unused_path, write_bytes_atomic, write_json_atomic
+from engine import unused_path, write_bytes_atomic, write_json_atomic
 from viewer.actions import _action
 from viewer.jobs import CallJob, user_message
 from viewer.menus import menu_named

@@ -28,8 +28,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from PySide6.QtCore import QEventLoop, QObject, QRunnable, QThread, QThreadPool, QTimer, Signal
 
-from engine.errors import LanternError
-from engine.steps import Progress, Steps
+from engine import LanternError, Progress, Steps
 
 log = logging.getLogger("lantern.jobs")
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
                                QMainWindow, QProgressBar, QPushButton, QScrollArea, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from engine.cam import DEFAULT_METHOD
+from engine import DEFAULT_METHOD
 from viewer import actions, theme, workflows
 from viewer.annotations import corner_texts
 from viewer.class_strip import ClassStrip

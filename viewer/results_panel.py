@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from engine.trust.calibration import calibration_status
-from engine.errors import LanternError
+from engine import LanternError
 from viewer import theme
 
 DEMO_NOTICE = "Synthetic demo model: not for diagnosis"

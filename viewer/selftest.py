@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.resources import DEMO_MODEL, DEMO_STUDIES, ROOT, TEACHING_LABELS
+from engine import DEMO_MODEL, DEMO_STUDIES, ROOT, TEACHING_LABELS
 
 REFERENCE = ROOT / "build" / "selftest_reference.json"
 ENGINE = "onnx-int8"
@@ -174,8 +174,7 @@ def check_image_codecs(report: Report, work: Path) -> None:
     import cv2
     import numpy as np
 
-    from engine.errors import LanternError
-    from engine.images import load_image
+    from engine import LanternError, load_image
 
     ramp = np.linspace(0, 1, 64 * 48, dtype=np.float64).reshape(48, 64)
     cases = {"gray8.png": (ramp * 255).astype(np.uint8), "gray16.png": (ramp * 65535).astype(np.uint16),
@@ -202,7 +201,7 @@ def check_image_codecs(report: Report, work: Path) -> None:
 
 def check_teaching_set(report: Report, classes) -> None:
     """File > Teaching session > Demo teaching set must open in the packaged app too."""
-    from engine.errors import LanternError
+    from engine import LanternError
     from engine.workflows.labels import read_labels
 
     try:
@@ -301,7 +300,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
         report.info("torch", "not checked in a source checkout")
 
     from viewer.about import about_html, install_about
-    from engine.version import lantern_version as app_version
+    from engine import lantern_version as app_version
 
     install_about(window)
     about = about_html(window)
@@ -326,7 +325,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
 
     folder = package_folder()
     if folder is not None:
-        from engine.files import folder_size
+        from engine import folder_size
 
         print(f"  package folder: {folder} ({folder_size(folder) / 1e6:.0f} MB)", flush=True)
     if report.failures:

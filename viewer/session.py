@@ -15,8 +15,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, Signal
 
 import engine
-from engine.cam import DEFAULT_METHOD, METHOD_NAMES
-from engine.uncertainty import DEFAULT_SAMPLES
+from engine import DEFAULT_METHOD, DEFAULT_SAMPLES, METHOD_NAMES
 from viewer import logs
 from viewer.display import DisplayImage, make_display_image, map_to_uint8, overlay_step
 from viewer.jobs import CallJob, JobRunner, StepsJob, user_message

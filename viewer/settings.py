@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
-from engine.cam import DEFAULT_METHOD
+from engine import DEFAULT_METHOD
 
 log = logging.getLogger("lantern.settings")
 

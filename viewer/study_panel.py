@@ -15,7 +15,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 import engine
-from engine.steps import Progress, Steps
+from engine import Progress, Steps
 from viewer import logs
 from viewer.class_strip import rgb_pixmap
 from viewer.display import thumbnail
@@ -29,7 +29,7 @@ SCAN_JOB, THUMBNAILS_JOB = "studies:scan", "studies:thumbnails"
 
 
 def scan(paths) -> tuple[list, list]:
-    from engine.studies import scan_studies
+    from engine import scan_studies
 
     studies, skipped = [], []
     for path in paths:

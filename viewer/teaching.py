@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QHBoxLayout
                                QWidget)
 
 import engine
-from engine.resources import DEMO_MODEL, TEACHING_LABELS
+from engine import DEMO_MODEL, TEACHING_LABELS
 from engine.workflows.labels import read_labels
 from viewer import theme
 from viewer.display import METHOD_LABELS, METHODS, map_to_uint8, overlay_lut, overlay_step

@@ -18,10 +18,8 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 import engine
-from engine.cam import METHOD_NAMES
-from engine.uncertainty import DEFAULT_SAMPLES
+from engine import DEFAULT_SAMPLES, METHOD_NAMES, unused_path, write_bytes_atomic
 from engine.workflows.evaluation import pointing_hit, pointing_tolerance
-from engine.files import unused_path, write_bytes_atomic
 from engine.workflows.labels import LabelledCase, LabelledSet
 from viewer.display import DisplayImage, make_display_image
 from viewer.jobs import CallJob, JobRunner, StepsJob, user_message

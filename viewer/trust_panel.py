@@ -13,10 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QScrollArea, QVBoxLayout, QWidget)
 
-from engine import Analysis
-from engine.errors import LanternError
-from engine.files import unused_path, write_json_atomic
-from engine.steps import Progress
+from engine import Analysis, LanternError, Progress, unused_path, write_json_atomic
 from engine.trust.calibration import calibration_status, evaluation_reliability
 from engine.trust.faithfulness import FaithfulnessScore, chance_map, score_analysis_steps, score_map_steps
 from engine.trust.sanity import SanityResult, randomization_steps

@@ -22,7 +22,7 @@ from viewer.menus import menu_named
 from viewer.worklist_table import COLUMNS, FLAGGED_COLUMN, WorklistFilter, WorklistModel
 
 if TYPE_CHECKING:
-    from engine.steps import Progress
+    from engine import Progress
     from engine.workflows.batch import BatchResult
 
 BATCH_JOB = "worklist"  # its key on the window's job runner: a new run replaces the running one
