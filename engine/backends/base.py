@@ -4,12 +4,42 @@ are shared."""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 ENGINES = ("torch", "onnx", "onnx-int8")
+THREADS_VARIABLE = "LANTERN_THREADS"
+
+log = logging.getLogger(__name__)
+
+
+def thread_count() -> int:
+    """Threads an engine computes on: the cores this process may run on (its CPU affinity, which
+    containers and ``taskset`` restrict; ``os.cpu_count`` where there is none), or fewer when
+    ``LANTERN_THREADS`` (a positive integer) says so, e.g. to leave cores to other programs.
+    Never more than the allowed cores: extra threads only contend for them. An invalid value is
+    ignored with a warning rather than stopping the engine."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    cores = max(1, cores)
+    wanted = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not wanted:
+        return cores
+    try:
+        value = int(wanted)
+    except ValueError:
+        value = 0
+    if value < 1:
+        log.warning("ignoring %s=%r: it must be a positive whole number; using %d threads",
+                    THREADS_VARIABLE, wanted, cores)
+        return cores
+    return min(value, cores)
 
 
 @dataclass(frozen=True)

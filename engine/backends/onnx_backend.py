@@ -17,14 +17,13 @@ import onnxruntime as ort
 
 from engine.bundle import ModelBundle
 from engine.errors import EngineUnavailableError, ModelBundleError
-from engine.backends.base import ForwardOutputs
-
-THREADS = 2
+from engine.backends.base import ForwardOutputs, thread_count
 
 
 def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
+    # The cores this process may use, or fewer with LANTERN_THREADS (engine.backends.base).
+    options.intra_op_num_threads = thread_count()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3

@@ -35,6 +35,7 @@ import numpy as np
 
 from engine.analysis import AnalysisOptions, analyze, load_model
 from engine.backends import available_engines
+from engine.backends.base import THREADS_VARIABLE, thread_count
 from engine.bundle import load_bundle
 from engine.files import folder_size
 from engine.images import SourceImage, load_image
@@ -204,9 +205,11 @@ def bench_command(args: argparse.Namespace) -> int:
     results = {e: _bench_in_subprocess(Path(args.model), e, args.repeats) for e in engines}
     report = {
         # Other processes on the machine skew every figure (2 cores: one busy core can double a
-        # 2-thread engine's latency); the 1-minute load average before and after says how quiet it was.
+        # engine's latency when the engine computes on both); the 1-minute load average before and after says how quiet it was.
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "cpu_count": os.cpu_count(),
+        # What the ONNX engines compute on (the subprocesses inherit LANTERN_THREADS).
+        "threads": thread_count(),
         "model": f"{bundle.name} {bundle.version}",
         "image": f"{image.path.name} {image.shape[1]}x{image.shape[0]}",
         "repeats": args.repeats,
@@ -237,6 +240,8 @@ def bench_command(args: argparse.Namespace) -> int:
     load = report["load_average_1min"]
     print(f"Model {report['model']} on {report['image']}, {args.repeats} runs each, one subprocess per engine "
           f"({report['cpu_count']} CPUs, load average {load['before']} before, {load['after']} after)")
+    print(f"threads   {report['threads']} per ONNX session (the cores this process may use, lowered by "
+          f"{THREADS_VARIABLE}, here {os.environ.get(THREADS_VARIABLE) or 'unset'})")
     print(f"{'engine':10s} {'forward p50/p95/p99 ms':>26s} {'analysis p50/p95/p99 ms':>27s} "
           f"{'an/fw':>6s} {'img/s@32':>9s} {'peak MB':>8s} {'rise MB':>8s} {'size MB':>8s}")
     for engine, r in results.items():

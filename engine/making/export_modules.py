@@ -48,12 +48,13 @@ def build_modules(bundle: ModelBundle, model):
         store: dict[str, Any] = {}
 
         def on_target(_m, _i, output):
-            if replace_target is not None:
-                # A copy, not the leaf itself: some models continue with an in-place op
-                # (densenet's relu(inplace=True)), which autograd refuses on a leaf.
-                output = replace_target.clone()
-            store["act"] = output
-            return output
+            # Record the explained activation and pass a copy on, as the PyTorch engine does
+            # (torch_backend.capture_layers): some models continue with an in-place op
+            # (densenet's F.relu(features, inplace=True) right after features.norm5). On the
+            # recorded tensor itself it would turn the exported ``activations`` into the ReLU's
+            # output (every map then differs from PyTorch's), and autograd refuses it on a leaf.
+            store["act"] = output if replace_target is None else replace_target
+            return store["act"].clone()
 
         def on_head(_m, inputs):
             store["head"] = inputs[0]

@@ -22,16 +22,44 @@ LOGIT_TOLERANCE = 1e-4
 MAP_CORRELATION = 0.999
 
 
-def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two maps. Two (near-)constant maps count as equal (1.0) when they
-    are close, since correlation is undefined for them; one constant and one not counts 0."""
+# A class map is *empty* when it shows no location: all zero after the method's ReLU (no positive
+# evidence anywhere, common for a trained model's unlikely classes) or constant. Float rounding
+# leaves specks where the pre-ReLU map is ~0, so "zero" means at most EMPTY_PEAK in the map's
+# absolute units (the viewer draws a map whose peak is below cam's 1e-7 as blank) or at most
+# EMPTY_RELATIVE of the strongest map of the same image and method (fp32 rounding is ~1e-7 of
+# the terms summed); "constant" means its range is at most EMPTY_RELATIVE of its peak.
+EMPTY_PEAK = 1e-7
+EMPTY_RELATIVE = 1e-5
+
+
+def map_is_empty(m: np.ndarray, floor: float = EMPTY_PEAK) -> bool:
+    """True when the map shows no location: peak at most ``floor``, or (near-)constant."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.size == 0:
+        return True
+    peak, low = float(m.max()), float(m.min())
+    return peak <= floor or peak - low <= EMPTY_RELATIVE * abs(peak)
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray, floor: float = EMPTY_PEAK) -> float:
+    """How well two engines' maps of one class agree: Pearson correlation when both show a
+    location; 1.0 when both are empty (see :func:`map_is_empty`: both say "no evidence here",
+    and correlation is undefined for them); 0.0 when only one is empty (one engine shows a
+    location the other does not)."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), 1e-30)
-    sa, sb = a.std(), b.std()
-    if sa <= 1e-9 * scale or sb <= 1e-9 * scale:
-        return 1.0 if np.abs(a - b).max(initial=0.0) <= 1e-6 * scale + 1e-12 else 0.0
+    empty_a, empty_b = map_is_empty(a, floor), map_is_empty(b, floor)
+    if empty_a or empty_b:
+        return 1.0 if empty_a and empty_b else 0.0
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def class_map_correlations(got: np.ndarray, want: np.ndarray) -> list[float]:
+    """:func:`map_correlation` for every class of two (C, h, w) stacks of one method's maps of one
+    image, with the emptiness floor scaled to that image's strongest map on either engine."""
+    peak = max(float(np.max(got, initial=0.0)), float(np.max(want, initial=0.0)))
+    floor = max(EMPTY_PEAK, EMPTY_RELATIVE * peak)
+    return [map_correlation(got[c], want[c], floor) for c in range(want.shape[0])]
 
 
 def heldout_inputs(bundle: ModelBundle, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +127,8 @@ def verify_export(bundle: ModelBundle, reference, model_bytes: bytes, head_bytes
         max_err = max(max_err, float(np.abs(got.logits - ref.logits).max()))
         ref_maps, got_maps = class_maps(ref.activations, ref.gradients), class_maps(got.activations, got.gradients)
         for method in ref_maps:
-            for c in range(ref_maps[method].shape[0]):
-                r = map_correlation(got_maps[method][c], ref_maps[method][c])
-                corr[method] = min(corr.get(method, 1.0), r)
+            r = min(class_map_correlations(got_maps[method], ref_maps[method]))
+            corr[method] = min(corr.get(method, 1.0), r)
         if head_bytes is not None:
             rng = np.random.default_rng(seed + i)
             masks = [(rng.random((4, *s)) >= 0.5).astype(np.float32) * 2.0 for s in mask_shapes]

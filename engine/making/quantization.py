@@ -30,7 +30,7 @@ import numpy as np
 from engine.bundle import ModelBundle, load_bundle, update_manifest
 from engine.errors import LanternError, ModelBundleError
 from engine.files import write_bytes_atomic
-from engine.making.export_verification import VERIFY_SEED, class_maps, heldout_inputs, map_correlation
+from engine.making.export_verification import VERIFY_SEED, class_map_correlations, class_maps, heldout_inputs
 from engine.making.onnx_export import HEAD_FILE
 from engine.making.onnx_graph import (
     INPUT, flatten_gradient_branch, set_metadata, split_gradient_branch, toposort, upstream_nodes,
@@ -319,8 +319,7 @@ def validate_int8(bundle: ModelBundle, fp32: str | Path | bytes, int8: bytes, n:
         max_err = max(max_err, float(np.abs(a.logits - b.logits).max()))
         maps_a, maps_b = class_maps(a.activations, a.gradients), class_maps(b.activations, b.gradients)
         for name in maps_a:
-            corr.setdefault(name, []).extend(
-                map_correlation(maps_b[name][c], maps_a[name][c]) for c in range(maps_a[name].shape[0]))
+            corr.setdefault(name, []).extend(class_map_correlations(maps_b[name], maps_a[name]))
     thresholds = {"max_accuracy_drop": max_accuracy_drop, "min_map_correlation": min_correlation,
                   "max_size_ratio": max_size_ratio}
     result = Int8Validation(
