@@ -204,8 +204,9 @@ def bench_command(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()[0]
     results = {e: _bench_in_subprocess(Path(args.model), e, args.repeats) for e in engines}
     report = {
-        # Other processes on the machine skew every figure (2 cores: one busy core can double a
-        # engine's latency when the engine computes on both); the 1-minute load average before and after says how quiet it was.
+        # Other processes on the machine skew every figure (2 cores: one busy core can double the
+        # latency of an engine that computes on both); the 1-minute load average before and after
+        # says how quiet it was.
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "cpu_count": os.cpu_count(),
         # What the ONNX engines compute on (the subprocesses inherit LANTERN_THREADS).
