@@ -17,24 +17,27 @@ from engine.files import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# torchvision classifiers Lantern builds (engine/backends/architectures.py: how, by family).
 ARCHITECTURES = (
-    "resnet18",
-    "resnet50",
-    "densenet121",
-    "efficientnet_b0",
-    "convnext_tiny",
-    "mobilenet_v3_large",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+    "densenet121", "densenet161", "densenet169", "densenet201",
+    *(f"efficientnet_b{i}" for i in range(8)), "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    *(f"regnet_x_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
+    *(f"regnet_y_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")),
+    "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14",
+    "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b",
 )
 # Where a CNN's feature cell i sits on its input, at stride s: nets whose convolutions are padded
-# to keep centres (ResNet, MobileNet, EfficientNet) centre cell i on input pixel s*i; nets that
-# downsample by unpadded patches (ConvNeXt's stem, DenseNet's transitions) centre it near
-# s*i + (s-1)/2, which is what a plain image resize assumes. Half a cell is 16 px at /32: enough to
-# move a map's peak off a small lesion.
+# to keep centres (ResNet, MobileNet, EfficientNet, RegNet) centre cell i on input pixel s*i; nets
+# that downsample by unpadded patches (ConvNeXt's stem, DenseNet's transitions, a ViT's or Swin's
+# patches) centre it near s*i + (s-1)/2, which is what a plain image resize assumes. Half a cell is
+# 16 px at /32: enough to move a map's peak off a small lesion.
 MAP_ALIGNMENTS = ("stride", "resize")
-DEFAULT_MAP_ALIGNMENT = {
-    "resnet18": "stride", "resnet50": "stride", "mobilenet_v3_large": "stride",
-    "efficientnet_b0": "stride", "densenet121": "resize", "convnext_tiny": "resize",
-}
+_PATCH_ALIGNED = ("densenet", "convnext_", "vit_", "swin_")
+DEFAULT_MAP_ALIGNMENT = {arch: "resize" if arch.startswith(_PATCH_ALIGNED) else "stride" for arch in ARCHITECTURES}
 RESIZE_RULES = ("stretch", "letterbox", "center_crop")
 DEFAULT_CUTOFF = 0.5
 INTENSITY_RULES = ("percentile", "window", "minmax", "unit8")

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from engine.bundle import ARCHITECTURES as BUNDLE_ARCHITECTURES
 from engine.bundle import ModelBundle
 from engine.errors import ModelBundleError
 
@@ -28,22 +29,68 @@ class LinearWithDropout(nn.Linear):
         return super().forward(self.dropout(x))
 
 
+# How the explained layer lays out its features, when not as (B, K, h, w) like a CNN's:
+CLASS_TOKEN = "class_token"  # ViT: (B, 1 + h*w, K), a class token and then the patches row by row
+CHANNELS_LAST = "channels_last"  # Swin: (B, h, w, K)
+
+
 @dataclass(frozen=True)
 class ArchitectureInfo:
-    first_conv: str  # replaced when the bundle wants 1-channel input
+    first_conv: str  # replaced when the bundle wants 1-channel input (a ViT's patch projection)
     final_linear: str  # gets the bundle's dropout
     head: str  # the module whose input is the pooled feature vector (MC dropout runs it)
-    target_layer: str  # default layer to explain: the last convolutional block
+    target_layer: str  # default layer to explain: the last block whose every position feeds the head
+    tokens: str | None = None  # CLASS_TOKEN or CHANNELS_LAST: turned into a grid before any CAM rule
 
 
-ARCHITECTURES = {
-    "resnet18": ArchitectureInfo("conv1", "fc", "fc", "layer4"),
-    "resnet50": ArchitectureInfo("conv1", "fc", "fc", "layer4"),
-    "densenet121": ArchitectureInfo("features.conv0", "classifier", "classifier", "features.norm5"),
-    "efficientnet_b0": ArchitectureInfo("features.0.0", "classifier.1", "classifier", "features"),
-    "convnext_tiny": ArchitectureInfo("features.0.0", "classifier.2", "classifier", "features"),
-    "mobilenet_v3_large": ArchitectureInfo("features.0.0", "classifier.3", "classifier", "features"),
-}
+def _vit(depth: int) -> ArchitectureInfo:
+    # The last block's first norm, not its output: of the output only the class token reaches the
+    # head, so its patch tokens get no gradient; the last block's attention still reads them all.
+    return ArchitectureInfo("conv_proj", "heads.head", "heads", f"encoder.layers.encoder_layer_{depth - 1}.ln_1",
+                            CLASS_TOKEN)
+
+
+# One rule per family, by name prefix (the names themselves are engine.bundle.ARCHITECTURES, which
+# loading checks without torch). The first matching prefix wins.
+FAMILY_RULES: tuple[tuple[tuple[str, ...], ArchitectureInfo], ...] = (
+    (("resnet", "resnext", "wide_resnet"), ArchitectureInfo("conv1", "fc", "fc", "layer4")),
+    (("densenet",), ArchitectureInfo("features.conv0", "classifier", "classifier", "features.norm5")),
+    (("efficientnet_",), ArchitectureInfo("features.0.0", "classifier.1", "classifier", "features")),  # v1 and v2
+    (("convnext_",), ArchitectureInfo("features.0.0", "classifier.2", "classifier", "features")),
+    (("mobilenet_v2",), ArchitectureInfo("features.0.0", "classifier.1", "classifier", "features")),
+    (("mobilenet_v3_",), ArchitectureInfo("features.0.0", "classifier.3", "classifier", "features")),
+    (("regnet_",), ArchitectureInfo("stem.0", "fc", "fc", "trunk_output")),
+    (("vit_b_",), _vit(12)),
+    (("vit_l_",), _vit(24)),
+    (("vit_h_",), _vit(32)),
+    (("swin_",), ArchitectureInfo("features.0.0", "head", "head", "features", CHANNELS_LAST)),  # v1 and v2
+)
+
+
+def _family_rule(name: str) -> ArchitectureInfo:
+    for prefixes, info in FAMILY_RULES:
+        if name.startswith(prefixes):
+            return info
+    raise KeyError(f"no family rule for architecture '{name}'")
+
+
+ARCHITECTURES: dict[str, ArchitectureInfo] = {name: _family_rule(name) for name in BUNDLE_ARCHITECTURES}
+
+
+def to_grid(activation: torch.Tensor, gradients: torch.Tensor, tokens: str | None,
+            grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explained layer's activation (B, ...) and all-class gradients (C, B, ...) laid out as
+    (B, K, h, w) and (C, B, K, h, w), the layout every CAM rule and map warp expects. ``grid``:
+    (h, w) of a ViT's patch layout.
+
+    A ViT's class token (and any register token before the patches) is dropped: it sits nowhere
+    on the image. A ViT layer already on a grid (its patch convolution) passes unchanged."""
+    if tokens == CHANNELS_LAST:
+        return activation.movedim(-1, -3), gradients.movedim(-1, -3)
+    if tokens == CLASS_TOKEN and activation.dim() == 3:
+        first_patch = activation.shape[1] - grid[0] * grid[1]
+        return tuple(t[..., first_patch:, :].unflatten(-2, grid).movedim(-1, -3) for t in (activation, gradients))
+    return activation, gradients
 
 
 def _set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
@@ -55,7 +102,17 @@ def _set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
 def build_model(bundle: ModelBundle) -> nn.Module:
     """An untrained torchvision model shaped as the bundle says (weights loaded separately)."""
     info = ARCHITECTURES[bundle.architecture]
-    model = torchvision.models.get_model(bundle.architecture, weights=None, num_classes=bundle.num_classes)
+    options = {}
+    if info.tokens == CLASS_TOKEN:
+        # A ViT's position embedding is sized for one square input; every other family pools.
+        height, width = bundle.input.size
+        patch = int(bundle.architecture.rsplit("_", 1)[1])
+        if height != width or height % patch:
+            raise ModelBundleError(f"a {bundle.architecture} takes a square input whose side is a multiple of "
+                                   f"{patch}, not {height} x {width}", bundle.folder)
+        options["image_size"] = height
+    model = torchvision.models.get_model(bundle.architecture, weights=None, num_classes=bundle.num_classes,
+                                         **options)
     if bundle.input.channels != 3:
         old = model.get_submodule(info.first_conv)
         _set_submodule(model, info.first_conv, nn.Conv2d(

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.backends.architectures import build_model, head_module_name, load_weights, target_layer_name
+from engine.backends.architectures import (
+    ARCHITECTURES, build_model, head_module_name, load_weights, target_layer_name, to_grid)
 from engine.backends.base import ForwardOutputs
 from engine.bundle import ModelBundle
 from engine.errors import ModelBundleError
@@ -98,6 +99,11 @@ class TorchBackend:
         except AttributeError as exc:
             raise ModelBundleError(f"the manifest names a layer this model does not have: {exc}", bundle.folder) from exc
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
+        # Transformers explain tokens: laid out on the patch grid (the patch projection's stride)
+        # before any CAM rule sees them, so their maps land on the image as a CNN's do.
+        info = ARCHITECTURES[bundle.architecture]
+        self.tokens = info.tokens
+        self.patch = self.model.get_submodule(info.first_conv).stride if info.tokens else (1, 1)
         self.lock = threading.RLock()  # held by every call: see the module's docstring
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
@@ -116,9 +122,11 @@ class TorchBackend:
             with torch.enable_grad():
                 logits = self.model(x)
                 gradients = all_class_gradients(logits, store.activation)
+            grid = (x.shape[-2] // self.patch[0], x.shape[-1] // self.patch[1])
+            activation, gradients = to_grid(store.activation.detach(), gradients, self.tokens, grid)
         return ForwardOutputs(
             logits=logits[0].detach().numpy(),
-            activations=store.activation[0].detach().numpy(),
+            activations=activation[0].numpy(),
             gradients=gradients[:, 0].numpy(),
             head_input=store.head_input[0].numpy(),
         )

@@ -54,8 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_parser(sub)
 
     p = sub.add_parser("bundle", help="wrap a trained torchvision state dict into a model bundle")
-    p.add_argument("--arch", required=True, help="resnet18, resnet50, densenet121, efficientnet_b0, "
-                   "convnext_tiny or mobilenet_v3_large")
+    p.add_argument("--arch", required=True, help="a torchvision classifier: resnet18/34/50/101/152, resnext*, "
+                   "wide_resnet*, densenet121/161/169/201, efficientnet_b0..b7, efficientnet_v2_s/m/l, "
+                   "convnext_tiny/small/base/large, mobilenet_v2, mobilenet_v3_small/large, regnet_x_*, "
+                   "regnet_y_*, vit_b_16/b_32/l_16/l_32/h_14, swin_t/s/b, swin_v2_t/s/b (docs/model-bundle.md "
+                   "lists them all)")
     p.add_argument("--weights", type=Path, required=True, help=".safetensors, or a .pt/.pth state dict")
     p.add_argument("--classes", required=True, help="comma-separated class names, in output order")
     p.add_argument("--out", type=Path, required=True, help="new bundle folder")

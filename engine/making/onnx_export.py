@@ -92,12 +92,17 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
     graph is refused."""
     import torch
 
-    from engine.backends.architectures import build_model, load_weights
+    from engine.backends.architectures import ARCHITECTURES, build_model, load_weights
     from engine.backends.torch_backend import TorchBackend
 
     bundle = load_bundle(folder)
     if bundle.weights is None:
         raise ModelBundleError("export needs the bundle's safetensors weights", bundle.folder)
+    if ARCHITECTURES[bundle.architecture].tokens:
+        # The graph's outputs and the ONNX engine assume (B, K, h, w) features; tokens would
+        # need the same grid step in both, which is not written yet.
+        raise ModelBundleError(f"ONNX export does not support vision transformers yet ({bundle.architecture}); "
+                               f"this bundle runs on the PyTorch engine", bundle.folder)
     model = build_model(bundle)
     load_weights(model, bundle)
     reference = TorchBackend(bundle, model)

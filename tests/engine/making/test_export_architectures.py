@@ -119,3 +119,58 @@ def test_densenet_quantizes_within_its_validation(densenet, tmp_path):
     assert figures["size_ratio"] <= 0.30
     assert min(figures["min_map_correlation_with_fp32"].values()) >= 0.8
     assert min(figures["mean_map_correlation_with_fp32"].values()) >= 0.95
+
+
+# -- one member of each family most used in radiology ----------------------------------------------
+# Export with its own verification (logits, and every class's maps at r >= 0.999), then the two
+# engines' explained activations and gradients compared at the scale of each: at random
+# initialisation some nets' features are ~1e-8 (EfficientNet, MobileNet), where maps empty on both
+# engines would "agree" without showing anything. Seconds per export at 64 x 64, measured on this
+# 2-core machine while other work ran: resnext50_32x4d 15, efficientnet_v2_s 39, convnext_tiny 31,
+# regnet_y_400mf 15, mobilenet_v2 17. ResNet itself is exported by test_onnx.py, DenseNet above;
+# resnet34 (19 s), regnet_x_400mf (12 s), efficientnet_b0 (11 s) and mobilenet_v3_small also pass
+# but are left out to keep this file near three minutes.
+RADIOLOGY_FAMILIES = ("resnext50_32x4d", "efficientnet_v2_s", "convnext_tiny", "regnet_y_400mf", "mobilenet_v2")
+
+
+def _assert_close_at_scale(got: np.ndarray, want: np.ndarray, what: str):
+    scale = float(np.abs(want).max())
+    assert scale > 0, f"{what}: nothing to compare (all zero)"
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * scale, err_msg=what)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", RADIOLOGY_FAMILIES)
+def test_each_radiology_family_exports_and_verifies(architecture, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from engine.backends.onnx_backend import OnnxBackend
+    from engine.backends.torch_backend import TorchBackend
+    from engine.bundle import load_bundle
+    from engine.making.export_verification import MAP_CORRELATION, heldout_inputs
+    from engine.making.onnx_export import export_bundle
+
+    folder = make_bundle(tmp_path / architecture, architecture=architecture, size=64)
+    bundle = export_bundle(folder, verify_images=2)
+    figures = bundle.model_card["onnx_validation"]
+    assert bundle.manifest["onnx"]["fp32"] == "model.onnx"
+    assert min(figures["min_map_correlation"].values()) >= MAP_CORRELATION
+    bundle = load_bundle(folder)
+    x = heldout_inputs(bundle, 1, seed=321)[0]
+    want, got = TorchBackend(bundle).explain(x), OnnxBackend(bundle).explain(x)
+    _assert_close_at_scale(got.activations, want.activations, "activations")
+    _assert_close_at_scale(got.gradients, want.gradients, "gradients")
+    _assert_close_at_scale(got.logits, want.logits, "logits")
+
+
+def test_transformers_are_refused_in_plain_words(tmp_path):
+    """ViT and Swin run on the PyTorch engine only; export says so before tracing anything."""
+    pytest.importorskip("torch")
+    from engine.errors import ModelBundleError
+    from engine.making.onnx_export import export_bundle
+
+    for architecture in ("vit_b_16", "swin_t"):
+        folder = make_bundle(tmp_path / architecture, architecture=architecture, size=64)
+        with pytest.raises(ModelBundleError, match=f"does not support vision transformers.*{architecture}"):
+            export_bundle(folder)
+        assert not (folder / "model.onnx").exists()
