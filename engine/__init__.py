@@ -8,6 +8,7 @@ it (all of it ships in the packaged app, except the torch engine):
                             pixels into modality units, dicom_header reads the header)
     studies.scan_studies    a folder or DICOMDIR -> studies -> series -> images
     bundle.load_bundle      manifest.json + weights -> ModelBundle
+                            (checkpoints: a Hugging Face or timm folder as it is)
     preprocess.prepare_input  SourceImage -> the tensor the model sees (+ geometry back)
     backends.open_backend   torch / onnx / onnx-int8 -> logits, activations, all-class gradients
     cam                     one CAM core + a weighting rule per method; maps warped on demand

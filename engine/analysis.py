@@ -17,6 +17,7 @@ import numpy as np
 from engine.backends import Backend, open_backend
 from engine.bundle import ModelBundle, load_bundle
 from engine.cam import DEFAULT_METHOD, ClassMaps, get_method
+from engine.checkpoints import is_checkpoint_folder, load_checkpoint_folder
 from engine.images import SourceImage
 from engine.preprocess import ModelInput, prepare_input
 from engine.result import result_record
@@ -46,7 +47,8 @@ class LoadedModel:
 
 def load_model(bundle: str | Path | ModelBundle, engine: str = "auto") -> LoadedModel:
     if not isinstance(bundle, ModelBundle):
-        bundle = load_bundle(bundle)
+        # A Hugging Face or timm checkpoint folder (config.json, no manifest.json) opens as it is.
+        bundle = load_checkpoint_folder(bundle) if is_checkpoint_folder(bundle) else load_bundle(bundle)
     return LoadedModel(bundle, open_backend(bundle, engine))
 
 

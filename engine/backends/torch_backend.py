@@ -28,7 +28,9 @@ from torch import nn
 from engine.backends.architectures import (
     ARCHITECTURES, build_model, head_module_name, load_weights, target_layer_name, to_grid)
 from engine.backends.base import ForwardOutputs
+from engine.backends.hub_models import checkpoint_layers, open_checkpoint_model
 from engine.bundle import ModelBundle
+from engine.checkpoints import is_checkpoint_bundle
 from engine.errors import ModelBundleError
 
 _GLOBAL_RNG = threading.Lock()  # torch's default generator: MC dropout seeds it (see above)
@@ -86,22 +88,30 @@ class TorchBackend:
         if model is None:
             if bundle.weights is None:
                 raise ModelBundleError("this bundle has no safetensors weights for PyTorch", bundle.folder)
-            model = build_model(bundle)
-            load_weights(model, bundle)
+            if is_checkpoint_bundle(bundle):
+                model = open_checkpoint_model(bundle)
+            else:
+                model = build_model(bundle)
+                load_weights(model, bundle)
         self.model = model.eval()
         # Lantern never trains here; parameters without grad keep autograd to the layers after
         # the explained one.
         for p in self.model.parameters():
             p.requires_grad_(False)
         try:
-            self.target = self.model.get_submodule(target_layer_name(bundle))
-            self.head = self.model.get_submodule(head_module_name(bundle))
+            if is_checkpoint_bundle(bundle):  # a Hugging Face or timm folder: its layers are found by name
+                info = checkpoint_layers(bundle, self.model)
+                target, head = bundle.target_layer or info.target_layer, bundle.head.module or info.head
+            else:
+                info = ARCHITECTURES[bundle.architecture]
+                target, head = target_layer_name(bundle), head_module_name(bundle)
+            self.target = self.model.get_submodule(target)
+            self.head = self.model.get_submodule(head)
         except AttributeError as exc:
             raise ModelBundleError(f"the manifest names a layer this model does not have: {exc}", bundle.folder) from exc
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
         # Transformers explain tokens: laid out on the patch grid (the patch projection's stride)
         # before any CAM rule sees them, so their maps land on the image as a CNN's do.
-        info = ARCHITECTURES[bundle.architecture]
         self.tokens = info.tokens
         self.patch = self.model.get_submodule(info.first_conv).stride if info.tokens else (1, 1)
         self.lock = threading.RLock()  # held by every call: see the module's docstring

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.bundle import ModelBundle, load_bundle, update_manifest
+from engine.checkpoints import is_checkpoint_folder
 from engine.errors import LanternError, ModelBundleError
 from engine.files import write_bytes_atomic
 from engine.making.export_modules import build_modules
@@ -95,6 +96,9 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
     from engine.backends.architectures import ARCHITECTURES, build_model, load_weights
     from engine.backends.torch_backend import TorchBackend
 
+    if is_checkpoint_folder(folder):
+        raise ModelBundleError("ONNX export does not take a Hugging Face or timm checkpoint folder yet; "
+                               "it opens as it is on the PyTorch engine", Path(folder))
     bundle = load_bundle(folder)
     if bundle.weights is None:
         raise ModelBundleError("export needs the bundle's safetensors weights", bundle.folder)
