@@ -58,6 +58,9 @@ class InputSpec:
     intensity: str = "percentile"
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
+    # center_crop only: the share of the scaled image's shorter side the input keeps (a
+    # checkpoint's crop_pct: 0.875 scales the shorter side to size / 0.875, then keeps the middle).
+    crop: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,11 @@ def _input_spec(raw: Any, folder: Path) -> InputSpec:
         raise ModelBundleError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels} input channels", folder
         )
-    return InputSpec(channels, (size[0], size[1]), resize, intensity, tuple(mean), tuple(std))
+    crop = raw.get("crop", 1.0)
+    if not (isinstance(crop, (int, float)) and 0.5 <= crop <= 1.0) or (crop != 1.0 and resize != "center_crop"):
+        raise ModelBundleError(f"input crop must be between 0.5 and 1.0, and only with center_crop, not {crop!r}",
+                               folder)
+    return InputSpec(channels, (size[0], size[1]), resize, intensity, tuple(mean), tuple(std), float(crop))
 
 
 def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:

@@ -122,7 +122,7 @@ def _hugging_face(config: dict, folder: Path) -> ModelBundle:
     classes = _classes([id2label[k] for k in order], "config.json: 'id2label'", folder)
     channels = config.get("num_channels", 3)
     processor = _read_json(folder, PREPROCESSOR_NAME)
-    size, resize = _hugging_face_geometry(processor, folder)
+    size, resize, crop = _hugging_face_geometry(processor, folder)
     if family.transformer:
         side = config.get("image_size")
         side = tuple(side) if isinstance(side, list) else (side, side)
@@ -131,13 +131,14 @@ def _hugging_face(config: dict, folder: Path) -> ModelBundle:
                 f"preprocessor_config.json: 'size' {size[0]} x {size[1]} differs from config.json's "
                 f"'image_size' {side[0]} x {side[1]}, the only size this vision transformer takes", folder)
     mean, std = _hugging_face_normalization(processor, folder)
-    spec = _input_spec(channels, size, resize, mean, std, PREPROCESSOR_NAME, folder)
+    spec = _input_spec(channels, size, resize, mean, std, PREPROCESSOR_NAME, folder, crop)
     return _bundle(folder, HUGGING_FACE + arch, classes, spec, family.map_alignment, "Hugging Face",
                    config.get("_name_or_path") or "")
 
 
-def _hugging_face_geometry(processor: dict, folder: Path) -> tuple[tuple[int, int], str]:
-    """(input size, Lantern resize rule) for a processor's resize and centre crop, if one fits exactly."""
+def _hugging_face_geometry(processor: dict, folder: Path) -> tuple[tuple[int, int], str, float]:
+    """(input size, Lantern resize rule, crop share) for a processor's resize and centre crop, if
+    one fits exactly."""
     where = "preprocessor_config.json"
     if not processor.get("do_resize", True):
         raise ModelBundleError(f"{where}: 'do_resize' is false; Lantern needs the one input size the model takes",
@@ -155,24 +156,20 @@ def _hugging_face_geometry(processor: dict, folder: Path) -> tuple[tuple[int, in
         if crop is not None and (crop.get("height"), crop.get("width")) != hw:
             raise ModelBundleError(f"{where}: 'crop_size' {crop} after 'size' {size} cannot be represented "
                                    "(Lantern stretches, letterboxes or crops to the input size, not both)", folder)
-        return hw, "stretch"
+        return hw, "stretch", 1.0
     if set(size) == {"shortest_edge"}:
         edge = size["shortest_edge"]
         if "ConvNext" in str(processor.get("image_processor_type", "")):
             # ConvNeXt's rule: below 384 the shorter side goes to edge / crop_pct and the middle
             # edge x edge is cropped; from 384 up the image is warped to edge x edge.
             if edge >= 384:
-                return (edge, edge), "stretch"
-            crop_pct = processor.get("crop_pct", 224 / 256)
-            if crop_pct != 1:
-                raise ModelBundleError(
-                    f"{where}: 'crop_pct' {crop_pct} (the middle {crop_pct:.0%} of the image kept) cannot be "
-                    "represented; Lantern's centre crop keeps the whole shorter side (crop_pct 1.0)", folder)
-            return (edge, edge), "center_crop"
-        if crop is not None and (crop.get("height"), crop.get("width")) == (edge, edge):
-            return (edge, edge), "center_crop"
+                return (edge, edge), "stretch", 1.0
+            return (edge, edge), "center_crop", _crop_share(processor.get("crop_pct", 224 / 256), where, folder)
+        if crop is not None and crop.get("height") == crop.get("width") and isinstance(crop.get("height"), int):
+            # The shorter side goes to `edge`, then the middle crop x crop is kept.
+            return (crop["height"], crop["height"]), "center_crop", _crop_share(crop["height"] / edge, where, folder)
         raise ModelBundleError(f"{where}: 'size' {size} with 'crop_size' {crop} cannot be represented (Lantern "
-                               "crops only the whole shorter side to a square)", folder)
+                               "crops the middle of the shorter side to a square)", folder)
     raise ModelBundleError(f"{where}: 'size' {size} cannot be represented", folder)
 
 
@@ -193,8 +190,16 @@ def _hugging_face_normalization(processor: dict, folder: Path) -> tuple[list[flo
     return [m / factor for m in mean], [s / factor for s in std]
 
 
+def _crop_share(value: Any, where: str, folder: Path) -> float:
+    """A checkpoint's crop_pct as Lantern's input crop: the share of the shorter side kept."""
+    if not (isinstance(value, (int, float)) and 0.5 <= value <= 1.0):
+        raise ModelBundleError(f"{where}: a centre crop keeping {value!r} of the image cannot be represented "
+                               "(Lantern keeps between 0.5 and 1.0 of the shorter side)", folder)
+    return float(value)
+
+
 def _input_spec(channels: Any, size: tuple, resize: str, mean: list, std: list, where: str,
-                folder: Path) -> InputSpec:
+                folder: Path, crop: float = 1.0) -> InputSpec:
     if channels not in (1, 3):
         raise ModelBundleError(f"config.json: {channels!r} input channels; Lantern takes 1 or 3", folder)
     if not all(isinstance(s, int) and 16 <= s <= 4096 for s in size):
@@ -204,7 +209,8 @@ def _input_spec(channels: Any, size: tuple, resize: str, mean: list, std: list, 
     if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
         raise ModelBundleError(f"{where}: {len(mean)} mean / {len(std)} std values (positive) are needed "
                                f"for {channels} input channels", folder)
-    return InputSpec(channels, (size[0], size[1]), resize, INTENSITY, tuple(map(float, mean)), tuple(map(float, std)))
+    return InputSpec(channels, (size[0], size[1]), resize, INTENSITY, tuple(map(float, mean)), tuple(map(float, std)),
+                     crop)
 
 
 def _timm(config: dict, folder: Path) -> ModelBundle:
@@ -227,17 +233,16 @@ def _timm(config: dict, folder: Path) -> ModelBundle:
     if not (isinstance(input_size, list) and len(input_size) == 3):
         raise ModelBundleError("config.json: 'pretrained_cfg.input_size' must be [channels, height, width]", folder)
     crop_pct, mode = cfg.get("crop_pct", 0.875), cfg.get("crop_mode", "center")
-    if crop_pct != 1:
-        raise ModelBundleError(
-            f"config.json: 'pretrained_cfg.crop_pct' {crop_pct} (the middle {crop_pct:.0%} of the image kept) "
-            "cannot be represented; Lantern's resize rules keep the whole image side (crop_pct 1.0)", folder)
-    # With nothing cropped off: timm's centre crop covers and crops, squash warps, border pads.
+    # timm's centre crop scales the shorter side to size / crop_pct and keeps the middle; squash
+    # warps and border pads, which Lantern can follow only when nothing is cropped off.
     resize = {"center": "center_crop", "squash": "stretch", "border": "letterbox"}.get(mode)
-    if resize is None:
-        raise ModelBundleError(f"config.json: 'pretrained_cfg.crop_mode' '{mode}' cannot be represented", folder)
+    if resize is None or (resize != "center_crop" and crop_pct != 1):
+        raise ModelBundleError(f"config.json: 'pretrained_cfg.crop_mode' '{mode}' with crop_pct {crop_pct} "
+                               "cannot be represented", folder)
+    crop = _crop_share(crop_pct, "config.json: 'pretrained_cfg.crop_pct'", folder)
     mean, std = cfg.get("mean", [0.485, 0.456, 0.406]), cfg.get("std", [0.229, 0.224, 0.225])
     spec = _input_spec(input_size[0], tuple(input_size[1:]), resize, list(mean), list(std),
-                       "config.json: 'pretrained_cfg'", folder)
+                       "config.json: 'pretrained_cfg'", folder, crop)
     return _bundle(folder, TIMM + arch, classes, spec, alignment, "timm", cfg.get("hf_hub_id") or "")
 
 

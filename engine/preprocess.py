@@ -50,7 +50,7 @@ def plan_geometry(source_shape: tuple[int, int], spec: InputSpec) -> tuple[Geome
     if spec.resize == "stretch":
         scaled = (h, w)
     else:
-        scale = min(h / H, w / W) if spec.resize == "letterbox" else max(h / H, w / W)
+        scale = min(h / H, w / W) if spec.resize == "letterbox" else max(h / H, w / W) / spec.crop
         scaled = (max(1, round(H * scale)), max(1, round(W * scale)))
     top, left = (h - scaled[0]) // 2, (w - scaled[1]) // 2
     geometry = Geometry((H, W), (h, w), _scale_affine((H, W), scaled, (left, top)))

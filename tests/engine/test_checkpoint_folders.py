@@ -150,9 +150,30 @@ def _edit_config(**fields):
     (_convnext_v2, _edit_config(depths=[2, 1]), "the weights do not fit the architecture in config.json"),
     (_convnext_v2, lambda f: (f / "preprocessor_config.json").unlink(), "preprocessor_config.json is missing"),
     (_convnext_v2, lambda f: _processor(f, image_processor_type="ConvNextImageProcessor",
-                                        size={"shortest_edge": 64}, crop_pct=0.875), "'crop_pct' 0.875"),
+                                        size={"shortest_edge": 64}, crop_pct=0.4), "keeping 0.4 of the image"),
     (_vit, lambda f: _processor(f, size={"height": 48, "width": 48}), "'image_size' 32 x 32"),
 ], ids=["broken-json", "unknown-hf", "unknown-timm", "no-weights-hf", "no-weights-timm", "labels-hf", "labels-timm",
         "weights-do-not-fit", "no-processor", "crop-pct", "vit-size"])
 def test_refusals_say_what_is_wrong(tmp_path, no_network, make, change, words):
     assert words in _refusal(tmp_path, make, change)
+
+
+def test_the_usual_crop_pct_opens_with_that_crop(tmp_path, no_network):
+    """The libraries' default centre crops (ConvNeXt's crop_pct 0.875, ResNet's 224 of 256, timm's
+    0.95) open, and the model input keeps that share of the image's shorter side."""
+    hf = _convnext_v2(tmp_path / "convnext")
+    _processor(hf, image_processor_type="ConvNextImageProcessor", size={"shortest_edge": 64}, crop_pct=0.875)
+    resnet = _resnet(tmp_path / "resnet")
+    _processor(resnet, size={"shortest_edge": 73}, do_center_crop=True, crop_size={"height": 64, "width": 64})
+    timm_folder = _timm_resnet(tmp_path / "timm")
+    config = json.loads((timm_folder / "config.json").read_text())
+    config["pretrained_cfg"]["crop_pct"] = 0.95
+    (timm_folder / "config.json").write_text(json.dumps(config))
+    for folder, share in ((hf, 0.875), (resnet, 64 / 73), (timm_folder, 0.95)):
+        model, analysis = _analyse(folder)
+        spec = model.bundle.input
+        assert (spec.resize, spec.size) == ("center_crop", (64, 64)) and spec.crop == pytest.approx(share)
+        # The input covers the middle `share` of the source's shorter side (demo_nodule.png is square).
+        geometry = analysis.model_input.geometry
+        covered = geometry.input_shape[1] / geometry.to_input[0, 0]  # source pixels across the input
+        assert covered == pytest.approx(share * min(geometry.source_shape), rel=0.02)

@@ -49,6 +49,17 @@ def test_letterbox_pads_and_center_crop_drops_outside():
     assert back[:, :40].max() == 0 and back[:, -40:].max() == 0 and back[:, 100].min() == 1
 
 
+def test_a_crop_share_keeps_the_middle_of_the_shorter_side():
+    """A checkpoint's crop_pct 0.875: the shorter side is scaled to size / 0.875 and the middle
+    kept, so the input sees the middle 87.5 % of it, and maps go back to exactly that part."""
+    spec = InputSpec(1, (64, 64), "center_crop", "minmax", (0.0,), (1.0,), crop=0.875)
+    square = SourceImage(Path("s.png"), np.ones((160, 160), np.float32), Window(0.5, 1), ImageMetadata())
+    square.pixels[0, 0] = 0
+    back = map_to_source(np.ones((1, 8, 8), np.float32), prepare_input(square, spec).geometry)[0]
+    kept = np.nonzero(back[80] > 0.5)[0]
+    assert abs(len(kept) - 0.875 * 160) <= 2 and abs(kept.mean() - 79.5) <= 1
+
+
 def test_normalisation_and_channels():
     rgb = SourceImage(Path("c.png"), np.full((40, 40, 3), 255, np.uint8), Window(127.5, 255), ImageMetadata())
     spec3 = InputSpec(3, (32, 32), "stretch", "unit8", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
