@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator
+from typing import Generator, Mapping
 
 import numpy as np
 
 from engine.backends import Backend, open_backend
 from engine.bundle import ModelBundle, load_bundle
 from engine.cam import DEFAULT_METHOD, ClassMaps, get_method
+from engine.errors import LanternError
 from engine.checkpoints import is_checkpoint_folder, load_checkpoint_folder
 from engine.images import SourceImage
 from engine.preprocess import ModelInput, prepare_input
@@ -53,20 +54,45 @@ def load_model(bundle: str | Path | ModelBundle, engine: str = "auto") -> Loaded
 
 
 @dataclass(frozen=True, eq=False)
-class Analysis:
+class InputView:
+    """One model input's image and its maps (a multi-input case has one per input)."""
+
+    name: str  # the bundle's input name (``image`` for an ordinary model)
     source: Path
     frame: int
+    maps: dict[str, ClassMaps]  # method name -> maps for every class, on this image
+    model_input: ModelInput = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
     model_name: str
     model_version: str
     engine: str
     classes: tuple[str, ...]
     logits: np.ndarray  # (C,)
     probabilities: np.ndarray  # (C,) softmax(logits / the bundle's temperature), dropout off
-    maps: dict[str, ClassMaps]  # method name -> maps for every class
+    views: tuple[InputView, ...]  # one per model input, in the bundle's order
     uncertainty: UncertaintySummary | None
     uncertainty_note: str  # why uncertainty is missing, when it is
-    model_input: ModelInput = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+    # An ordinary model's one image (a multi-input case's first), as most callers need it.
+    @property
+    def source(self) -> Path:
+        return self.views[0].source
+
+    @property
+    def frame(self) -> int:
+        return self.views[0].frame
+
+    @property
+    def maps(self) -> dict[str, ClassMaps]:
+        return self.views[0].maps
+
+    @property
+    def model_input(self) -> ModelInput:
+        return self.views[0].model_input
 
     @property
     def predicted(self) -> int:
@@ -83,7 +109,7 @@ class Analysis:
                              model_version=self.model_version, engine=self.engine, classes=self.classes,
                              logits=self.logits, probabilities=self.probabilities, uncertainty=self.uncertainty,
                              uncertainty_note=self.uncertainty_note, maps=self.maps, timings=self.timings,
-                             method=method)
+                             method=method, inputs=[(v.name, v.source, v.frame, v.maps) for v in self.views])
 
 
 def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, seed: int,
@@ -97,10 +123,32 @@ def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, see
     return UncertaintySummary.from_logit_samples(logits, threshold, model.bundle.temperature), ""
 
 
+def case_images(images: SourceImage | Mapping[str, SourceImage], bundle: ModelBundle) -> tuple[SourceImage, ...]:
+    """The images in the bundle's input order: one image for an ordinary model, one per named
+    input for a multi-input model; a missing or unknown input is a plain-words error."""
+    if isinstance(images, SourceImage):
+        if bundle.multi_input:
+            raise LanternError(f"this model takes one image per input ({', '.join(bundle.input_names)}); "
+                               f"give each, e.g. --input {bundle.input_names[0]}=FILE", images.path)
+        return (images,)
+    unknown = sorted(set(images) - set(bundle.input_names))
+    if unknown:
+        raise LanternError(f"this model has no input named {', '.join(unknown)} "
+                           f"(its inputs: {', '.join(bundle.input_names)})")
+    missing = [name for name in bundle.input_names if name not in images]
+    if missing:
+        raise LanternError(f"no image was given for the model's input {', '.join(missing)} "
+                           f"(it takes {', '.join(bundle.input_names)})")
+    return tuple(images[name] for name in bundle.input_names)
+
+
 def analysis_steps(
-    image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()
+    image: SourceImage | Mapping[str, SourceImage], model: LoadedModel, options: AnalysisOptions = AnalysisOptions()
 ) -> Generator[Progress, None, Analysis]:
+    """``image``: one image, or for a multi-input model a case: input name -> image."""
     methods = [get_method(m) for m in options.methods]
+    bundle = model.bundle
+    images = case_images(image, bundle)
     timings: dict[str, float] = {}
     total = 4
     clock = time.perf_counter()
@@ -111,39 +159,44 @@ def analysis_steps(
         timings[stage] = now - clock
         clock = now
 
-    model_input = prepare_input(image, model.bundle.input)
+    specs = [i.spec for i in bundle.inputs] if bundle.multi_input else [bundle.input]
+    inputs = [prepare_input(img, spec) for img, spec in zip(images, specs)]
     lap("preprocess")
     yield Progress("forward", 1, total)
-    outputs = model.backend.explain(model_input.tensor)
+    tensors = tuple(i.tensor for i in inputs)
+    outputs = model.backend.explain(tensors if bundle.multi_input else tensors[0])
     lap("forward")
     yield Progress("maps", 2, total)
-    maps: dict[str, ClassMaps] = {}
-    for method in methods:
-        grid = method.raw_maps(outputs.activations, outputs.gradients)
-        maps[method.name] = ClassMaps(method.name, grid, model_input.geometry, model.bundle.map_alignment)
+    alignments = [i.map_alignment for i in bundle.inputs] if bundle.multi_input else [bundle.map_alignment]
+    views = []
+    for name, img, model_input, layer, alignment in zip(bundle.input_names, images, inputs, outputs.layers,
+                                                        alignments):
+        maps = {m.name: ClassMaps(m.name, m.raw_maps(layer.activations, layer.gradients), model_input.geometry,
+                                  alignment) for m in methods}
+        views.append(InputView(name, img.path, img.frame, maps, model_input))
+    if len(views) > 1:
+        for method in methods:
+            # One scale per class across the case: a view with less evidence looks dimmer.
+            ClassMaps.share_scale([v.maps[method.name] for v in views])
     lap("maps")
     yield Progress("uncertainty", 3, total)
     uncertainty, note = mc_uncertainty(model, outputs.head_input, options.mc_samples, options.seed,
                                        options.confidence_threshold)
     lap("uncertainty")
     yield Progress("done", total, total)
-    bundle = model.bundle
     return Analysis(
-        source=image.path,
-        frame=image.frame,
         model_name=bundle.name,
         model_version=bundle.version,
         engine=model.engine,
         classes=bundle.classes,
         logits=outputs.logits,
         probabilities=calibrated_probabilities(outputs.logits, bundle.temperature).astype(np.float32),
-        maps=maps,
+        views=tuple(views),
         uncertainty=uncertainty,
         uncertainty_note=note,
-        model_input=model_input,
         timings=timings,
     )
 
 
-def analyze(image: SourceImage, model: LoadedModel, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
+def analyze(image: SourceImage | Mapping[str, SourceImage], model: LoadedModel, options: AnalysisOptions = AnalysisOptions()) -> Analysis:
     return run_to_end(analysis_steps(image, model, options))

@@ -8,6 +8,7 @@ imports torch and never unpickles anything. The manifest format is documented in
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from engine.errors import ModelBundleError
 from engine.files import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
+SINGLE_INPUT = "image"  # the one input of an ordinary model, where a name is needed
 FORMAT_VERSION = 1
 # torchvision classifiers Lantern builds (engine/backends/architectures.py: how, by family).
 ARCHITECTURES = (
@@ -63,6 +65,24 @@ class InputSpec:
     crop: float = 1.0
 
 
+# A multi-input model's input names: also ONNX input and output names, file-name parts and
+# command-line keys (``--input PA=pa.dcm``), so plain identifiers only.
+INPUT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+BRANCH_RULES = ("shared", "separate")  # one backbone for every input, or one backbone per input
+
+
+@dataclass(frozen=True)
+class NamedInput:
+    """One input of a multi-input model (several images of one case, e.g. PA and lateral)."""
+
+    name: str
+    spec: InputSpec
+    architecture: str  # the branch's backbone (with shared branches, the same for every input)
+    # DICOM View Position values (0018,5101) that identify this input's image, upper case.
+    view_positions: tuple[str, ...] = ()
+    map_alignment: str = "resize"  # see MAP_ALIGNMENTS: the branch's own backbone decides
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     """The classifier head whose dropout Monte-Carlo uncertainty samples."""
@@ -92,10 +112,28 @@ class ModelBundle:
     temperature: float = 1.0
     # Per-class probability cut-offs ("operating points"); classes not listed use DEFAULT_CUTOFF.
     cutoffs: dict[str, float] = field(default_factory=dict)
+    # A multi-input model's inputs (``input`` is then the first one's); empty for one image.
+    inputs: tuple[NamedInput, ...] = ()
+    branches: str = "shared"  # see BRANCH_RULES; multi-input only
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multi_input(self) -> bool:
+        return len(self.inputs) > 1
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs) if self.inputs else (SINGLE_INPUT,)
+
+    def require_single_input(self, what: str) -> None:
+        """Refuse, in plain words, work that takes one image at a time on a multi-input model."""
+        if self.multi_input:
+            raise ModelBundleError(f"{what} takes models of one image; this model takes a case of "
+                                   f"{len(self.inputs)} images ({', '.join(self.input_names)}): explain it with "
+                                   f"'lantern-engine explain --input NAME=FILE' or in the viewer", self.folder)
 
     def cutoff(self, class_index: int) -> float:
         """The probability at or above which the model claims this class."""
@@ -201,13 +239,14 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         raise ModelBundleError("the bundle names no weights and no ONNX model", folder)
     temperature = _temperature(manifest.get("calibration"), folder)
     cutoffs = _cutoffs(manifest.get("cutoffs"), classes, folder)
+    inputs, branches = _inputs(manifest, arch, folder)
     return ModelBundle(
         folder=folder,
         name=name,
         version=model_version,
         architecture=arch,
         classes=tuple(classes),
-        input=_input_spec(manifest.get("input"), folder),
+        input=inputs[0].spec if inputs else _input_spec(manifest.get("input"), folder),
         head=head,
         target_layer=manifest.get("target_layer"),
         weights=weights_path,
@@ -219,7 +258,60 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         manifest=manifest,
         temperature=temperature,
         cutoffs=cutoffs,
+        inputs=inputs,
+        branches=branches,
     )
+
+
+def _inputs(manifest: dict, arch: str, folder: Path) -> tuple[tuple[NamedInput, ...], str]:
+    """A multi-input model's ``inputs`` and ``branches``, checked as strictly as ``input``."""
+    raw = manifest.get("inputs")
+    if raw is None:
+        if "branches" in manifest:
+            raise ModelBundleError("manifest.json: 'branches' is only for a model with several 'inputs'", folder)
+        return (), "shared"
+    if "input" in manifest:
+        raise ModelBundleError("manifest.json has both 'input' and 'inputs'; a model has one or the other", folder)
+    if not (isinstance(raw, list) and 2 <= len(raw) <= 8 and all(isinstance(r, dict) for r in raw)):
+        raise ModelBundleError("manifest.json: 'inputs' must list 2 to 8 input objects", folder)
+    if arch.startswith(("vit_", "swin_")):
+        raise ModelBundleError(f"multi-input models take convolutional backbones; '{arch}' is a transformer", folder)
+    branches = manifest.get("branches", "shared")
+    if branches not in BRANCH_RULES:
+        raise ModelBundleError(f"manifest.json: 'branches' must be one of {', '.join(BRANCH_RULES)}", folder)
+    inputs = []
+    for n, entry in enumerate(raw, 1):
+        name = entry.get("name")
+        if not (isinstance(name, str) and INPUT_NAME.fullmatch(name)):
+            raise ModelBundleError(f"manifest.json: input {n} needs a 'name' of letters, digits and '_' "
+                                   f"(starting with a letter, at most 32), not {name!r}", folder)
+        branch_arch = entry.get("architecture", arch)
+        if branch_arch not in ARCHITECTURES or branch_arch.startswith(("vit_", "swin_")):
+            raise ModelBundleError(f"manifest.json: input '{name}' names an unknown or unsupported backbone "
+                                   f"'{branch_arch}'", folder)
+        views = entry.get("view_positions", [])
+        if not (isinstance(views, list) and all(isinstance(v, str) and v.strip() for v in views)):
+            raise ModelBundleError(f"manifest.json: input '{name}': 'view_positions' must list DICOM View "
+                                   f"Position values such as PA, AP, LL", folder)
+        alignment = entry.get("map_alignment", manifest.get("map_alignment", DEFAULT_MAP_ALIGNMENT[branch_arch]))
+        if alignment not in MAP_ALIGNMENTS:
+            raise ModelBundleError(f"manifest.json: input '{name}': map_alignment must be one of "
+                                   f"{', '.join(MAP_ALIGNMENTS)}", folder)
+        spec = {k: v for k, v in entry.items() if k not in ("name", "architecture", "view_positions", "map_alignment")}
+        try:
+            parsed = _input_spec(spec, folder)
+        except ModelBundleError as exc:
+            raise ModelBundleError(f"input '{name}': {exc.reason}", folder) from exc
+        inputs.append(NamedInput(name, parsed, branch_arch, tuple(v.strip().upper() for v in views), alignment))
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names):
+        raise ModelBundleError("manifest.json: input names must differ from one another", folder)
+    if branches == "shared":
+        first = inputs[0]
+        if any(i.architecture != first.architecture or i.spec.channels != first.spec.channels for i in inputs):
+            raise ModelBundleError("shared branches are one backbone, so every input needs the same architecture "
+                                   "and channels; use \"branches\": \"separate\" otherwise", folder)
+    return tuple(inputs), branches
 
 
 def _temperature(calibration: Any, folder: Path) -> float:

@@ -112,6 +112,16 @@ class ClassMaps:
         self._warped: dict[int, np.ndarray] = {}
         self._cell_rows, self._cell_cols, self._on_image = self._cell_centres()
         self._lock = threading.Lock()  # a worker and the GUI thread may ask for the same class
+        self._peaks: np.ndarray | None = None  # per-class display peaks shared with other images
+
+    @staticmethod
+    def share_scale(maps: "list[ClassMaps]") -> None:
+        """Display every class of several images' maps (a multi-input case) on one scale: the
+        class's peak over all of them, so an image with less evidence looks dimmer rather than
+        each image's own peak looking as strong as the case's."""
+        peaks = np.array([[m.image_peak(c) for c in range(m.n_classes)] for m in maps]).max(axis=0)
+        for m in maps:
+            m._peaks = peaks
 
     @property
     def n_classes(self) -> int:
@@ -156,7 +166,7 @@ class ClassMaps:
         return float(self.grid[class_index][self._on_image].max())
 
     def _unit(self, class_index: int) -> np.float32:
-        peak = self.image_peak(class_index)
+        peak = self.image_peak(class_index) if self._peaks is None else float(self._peaks[class_index])
         return np.float32(1.0 / peak if peak > _EPS else 0.0)
 
     def _cell_centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

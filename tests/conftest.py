@@ -41,6 +41,33 @@ def make_bundle(folder: Path, *, architecture="resnet18", classes=("normal", "no
     return folder
 
 
+def make_multi_input_bundle(folder: Path, *, branches="shared", architecture="resnet18",
+                            names=("PA", "LAT"), classes=("normal", "nodule", "effusion"), size=64,
+                            dropout=0.3, seed=0, inputs=None, **manifest_extra) -> Path:
+    """A small multi-input bundle (one branch per named input, or one shared) with random weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.backends.multi_input import MultiInputNet
+    from engine.bundle import parse_manifest
+
+    views = {"PA": ["PA", "AP"], "LAT": ["LL", "RL", "LATERAL"]}
+    manifest = {
+        "format_version": 1, "name": "tiny-two-view-model", "version": "0.0.1",
+        "architecture": architecture, "classes": list(classes), "branches": branches,
+        "inputs": inputs or [{"name": n, "channels": 1, "size": [size, size], "resize": "letterbox",
+                              "view_positions": views.get(n, [])} for n in names],
+        "head": {"dropout": dropout}, "weights": "model.safetensors",
+        "intended_use": "Tests only.", **manifest_extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = MultiInputNet(parse_manifest(manifest, folder))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
 def new_dicom(sop_class) -> "pydicom.Dataset":
     """A data set with file meta and fresh UIDs, ready for a test to add its modules."""
     from pydicom.dataset import Dataset, FileMetaDataset

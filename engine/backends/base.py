@@ -43,13 +43,30 @@ def thread_count() -> int:
 
 
 @dataclass(frozen=True)
+class ExplainedLayer:
+    """The explained layer of one model input, laid out as every CAM rule expects."""
+
+    activations: np.ndarray  # (K, h, w)
+    gradients: np.ndarray  # (C, K, h, w): d logit_c / d activations
+
+
+@dataclass(frozen=True)
 class ForwardOutputs:
-    """One image's forward pass, with what every CAM rule and MC dropout needs."""
+    """One image's (or one multi-input case's) forward pass, with what every CAM rule and MC
+    dropout needs."""
 
     logits: np.ndarray  # (C,)
-    activations: np.ndarray  # (K, h, w): the explained layer
-    gradients: np.ndarray  # (C, K, h, w): d logit_c / d activations
+    layers: tuple[ExplainedLayer, ...]  # one per model input, in the bundle's input order
     head_input: np.ndarray  # features entering the dropout head (computed once, reused by MC)
+
+    @property
+    def activations(self) -> np.ndarray:
+        """The (first) input's explained layer, (K, h, w)."""
+        return self.layers[0].activations
+
+    @property
+    def gradients(self) -> np.ndarray:
+        return self.layers[0].gradients
 
 
 class Backend(Protocol):
@@ -57,7 +74,8 @@ class Backend(Protocol):
     has_dropout: bool
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Plain logits (B, C) for a batch (B, C_in, h, w): no maps, no sampling."""
+        """Plain logits (B, C) for a batch (B, C_in, h, w): no maps, no sampling. (A multi-input
+        model takes a tuple of such batches, one per input, here and below.)"""
 
     def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (B, C) and head inputs (B, F...) for a batch: what a triage needs (the

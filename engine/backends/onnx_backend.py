@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from engine.bundle import ModelBundle
 from engine.errors import EngineUnavailableError, ModelBundleError
-from engine.backends.base import ForwardOutputs, thread_count
+from engine.backends.base import ExplainedLayer, ForwardOutputs, thread_count
 
 
 def session_options() -> ort.SessionOptions:
@@ -72,7 +72,7 @@ class OnnxSessions:
         feed = {"input": np.ascontiguousarray(tensor[:1], dtype=np.float32), "with_gradients": np.array(True)}
         logits, activations, head_input, gradients = self.model.run(
             ["logits", "activations", "head_input", "gradients"], feed)
-        return ForwardOutputs(logits=logits[0], activations=activations[0], gradients=gradients[:, 0],
+        return ForwardOutputs(logits=logits[0], layers=(ExplainedLayer(activations[0], gradients[:, 0]),),
                               head_input=head_input[0])
 
     def head(self, features: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:

@@ -27,8 +27,10 @@ from torch import nn
 
 from engine.backends.architectures import (
     ARCHITECTURES, build_model, head_module_name, load_weights, target_layer_name, to_grid)
-from engine.backends.base import ForwardOutputs
+from engine.backends.base import ExplainedLayer, ForwardOutputs
 from engine.backends.hub_models import checkpoint_layers, open_checkpoint_model
+from engine.backends.multi_input import HEAD as MULTI_INPUT_HEAD
+from engine.backends.multi_input import MultiInputNet, target_layer_names
 from engine.bundle import ModelBundle
 from engine.checkpoints import is_checkpoint_bundle
 from engine.errors import ModelBundleError
@@ -37,33 +39,48 @@ _GLOBAL_RNG = threading.Lock()  # torch's default generator: MC dropout seeds it
 
 
 class _Capture:
-    activation: torch.Tensor | None = None
-    head_input: torch.Tensor | None = None
+    def __init__(self):
+        self.activations: list[torch.Tensor] = []  # the explained layer's outputs, in call order
+        self.head_input: torch.Tensor | None = None
+
+    @property
+    def activation(self) -> torch.Tensor:
+        return self.activations[0]
 
 
 @contextmanager
-def capture_layers(model: nn.Module, target: nn.Module, head: nn.Module, detach_target: bool) -> Iterator[_Capture]:
-    """Hook the explained layer and the head for one forward; hooks are always removed."""
+def capture_layers(model: nn.Module, targets: list[nn.Module], head: nn.Module, detach_target: bool) -> Iterator[_Capture]:
+    """Hook the explained layers and the head for one forward; hooks are always removed. A
+    multi-input model's layers are each input's, in input order (shared branches: one module that
+    runs once per input)."""
     store = _Capture()
 
     def on_target(_module, _inputs, output):
         if not detach_target:
-            store.activation = output
+            store.activations.append(output)
             return output
-        store.activation = output.detach().requires_grad_(True)
+        leaf = output.detach().requires_grad_(True)
+        store.activations.append(leaf)
         # A clone goes on, so that an in-place op after the layer (DenseNet's relu) does not
         # modify the leaf autograd differentiates against.
-        return store.activation.clone()
+        return leaf.clone()
 
     def on_head(_module, inputs):
         store.head_input = inputs[0].detach()
 
-    handles = [target.register_forward_hook(on_target), head.register_forward_pre_hook(on_head)]
+    handles = [t.register_forward_hook(on_target) for t in dict.fromkeys(targets)]
+    handles.append(head.register_forward_pre_hook(on_head))
     try:
         yield store
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _tensors(batch) -> tuple[torch.Tensor, ...]:
+    """A model's inputs: one array, or one per input of a multi-input model."""
+    arrays = batch if isinstance(batch, (tuple, list)) else (batch,)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays)
 
 
 @contextmanager
@@ -90,6 +107,9 @@ class TorchBackend:
                 raise ModelBundleError("this bundle has no safetensors weights for PyTorch", bundle.folder)
             if is_checkpoint_bundle(bundle):
                 model = open_checkpoint_model(bundle)
+            elif bundle.multi_input:
+                model = MultiInputNet(bundle)
+                load_weights(model, bundle)
             else:
                 model = build_model(bundle)
                 load_weights(model, bundle)
@@ -101,12 +121,16 @@ class TorchBackend:
         try:
             if is_checkpoint_bundle(bundle):  # a Hugging Face or timm folder: its layers are found by name
                 info = checkpoint_layers(bundle, self.model)
-                target, head = bundle.target_layer or info.target_layer, bundle.head.module or info.head
+                targets, head = [bundle.target_layer or info.target_layer], bundle.head.module or info.head
+            elif bundle.multi_input:
+                info = ARCHITECTURES[bundle.architecture]
+                targets, head = target_layer_names(bundle), bundle.head.module or MULTI_INPUT_HEAD
             else:
                 info = ARCHITECTURES[bundle.architecture]
-                target, head = target_layer_name(bundle), head_module_name(bundle)
-            self.target = self.model.get_submodule(target)
+                targets, head = [target_layer_name(bundle)], head_module_name(bundle)
+            self.targets = [self.model.get_submodule(t) for t in targets]
             self.head = self.model.get_submodule(head)
+            self.target_names, self.head_name = list(targets), head  # what the ONNX export hooks
         except AttributeError as exc:
             raise ModelBundleError(f"the manifest names a layer this model does not have: {exc}", bundle.folder) from exc
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
@@ -116,30 +140,41 @@ class TorchBackend:
         self.patch = self.model.get_submodule(info.first_conv).stride if info.tokens else (1, 1)
         self.lock = threading.RLock()  # held by every call: see the module's docstring
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        with self.lock, torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy()
+    @property
+    def target(self) -> nn.Module:
+        """The explained layer (a multi-input model's first input's)."""
+        return self.targets[0]
 
-    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self.lock, capture_layers(self.model, self.target, self.head, detach_target=False) as store:
+    def forward(self, batch) -> np.ndarray:
+        with self.lock, torch.inference_mode():
+            return self.model(*_tensors(batch)).numpy()
+
+    def forward_features(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock, capture_layers(self.model, self.targets, self.head, detach_target=False) as store:
             with torch.inference_mode():
-                logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+                logits = self.model(*_tensors(batch))
         return logits.numpy(), store.head_input.numpy()
 
-    def explain(self, tensor: np.ndarray) -> ForwardOutputs:
-        x = torch.from_numpy(tensor)
-        with self.lock, capture_layers(self.model, self.target, self.head, detach_target=True) as store:
+    def explain(self, tensor) -> ForwardOutputs:
+        xs = _tensors(tensor)
+        with self.lock, capture_layers(self.model, self.targets, self.head, detach_target=True) as store:
             with torch.enable_grad():
-                logits = self.model(x)
-                gradients = all_class_gradients(logits, store.activation)
-            grid = (x.shape[-2] // self.patch[0], x.shape[-1] // self.patch[1])
-            activation, gradients = to_grid(store.activation.detach(), gradients, self.tokens, grid)
-        return ForwardOutputs(
-            logits=logits[0].detach().numpy(),
-            activations=activation[0].numpy(),
-            gradients=gradients[:, 0].numpy(),
-            head_input=store.head_input[0].numpy(),
-        )
+                logits = self.model(*xs)
+                every = all_class_gradients(logits, tuple(store.activations))
+            layers = []
+            for x, activation, gradients in zip(xs, store.activations, every):
+                activation, gradients = self.on_grid(activation.detach(), gradients, tuple(x.shape[-2:]))
+                layers.append(ExplainedLayer(activation[0].numpy(), gradients[:, 0].numpy()))
+        return ForwardOutputs(logits=logits[0].detach().numpy(), layers=tuple(layers),
+                              head_input=store.head_input[0].numpy())
+
+    def on_grid(self, activation: torch.Tensor, gradients: torch.Tensor,
+                input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The explained layer's activation and gradients laid out as (B, K, h, w) and
+        (C, B, K, h, w) for an input of ``input_size`` (architectures.to_grid; the ONNX export
+        calls this too, so both engines lay tokens out by the same rule)."""
+        grid = (input_size[0] // self.patch[0], input_size[1] // self.patch[1])
+        return to_grid(activation, gradients, self.tokens, grid)
 
     def mc_logits(self, head_input: np.ndarray, samples: int, seed: int) -> np.ndarray:
         if not self.has_dropout:
@@ -152,20 +187,23 @@ class TorchBackend:
             return self.head(features.contiguous()).numpy()
 
 
-def all_class_gradients(logits: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """d logit_c / d activation for every class c: (C, B, K, h, w), one batched backward."""
+def all_class_gradients(logits: torch.Tensor, activation):
+    """d logit_c / d activation for every class c: (C, B, K, h, w), one batched backward. Given
+    a tuple of activations (a multi-input model's layers), a tuple of such gradients."""
+    several = isinstance(activation, tuple)
+    leaves = activation if several else (activation,)
     n_classes = logits.shape[1]
     eye = torch.eye(n_classes, dtype=logits.dtype)[:, None, :].expand(n_classes, logits.shape[0], n_classes)
     try:
-        (grads,) = torch.autograd.grad(logits, activation, grad_outputs=eye, is_grads_batched=True)
+        grads = torch.autograd.grad(logits, leaves, grad_outputs=eye, is_grads_batched=True)
     except RuntimeError:
         # Some layers have no batching rule for vmap; fall back to one backward per class
         # (still only through the layers after the explained one).
-        grads = torch.stack([
-            torch.autograd.grad(logits, activation, grad_outputs=eye[c], retain_graph=c < n_classes - 1)[0]
-            for c in range(n_classes)
-        ])
-    return grads.detach()
+        per_class = [torch.autograd.grad(logits, leaves, grad_outputs=eye[c], retain_graph=c < n_classes - 1)
+                     for c in range(n_classes)]
+        grads = tuple(torch.stack([g[i] for g in per_class]) for i in range(len(leaves)))
+    grads = tuple(g.detach() for g in grads)
+    return grads if several else grads[0]
 
 
 MAX_RANDOMIZATION_STEPS = 16

@@ -16,6 +16,12 @@ from engine.exports.overlay import encode_png, render_overlay
 
 
 def explain_files(args: argparse.Namespace) -> int:
+    if args.inputs and args.files:
+        raise LanternError("give either image files or --input NAME=FILE for one case, not both")
+    if not args.inputs and not args.files:
+        raise LanternError("give the images to explain (or --input NAME=FILE for each input of a multi-input model)")
+    if args.inputs:
+        return explain_case(args)
     model = load_model(args.model, args.engine)
     options = AnalysisOptions(methods=(args.method,), mc_samples=args.mc, seed=args.seed)
     sources = {f.resolve() for f in args.files}
@@ -53,6 +59,47 @@ def explain_files(args: argparse.Namespace) -> int:
     print(f"Analysed {done} of {len(args.files)} file(s) in {time.perf_counter() - started:.1f} s; "
           f"results in {args.out}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _case_files(pairs: list[str]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise LanternError(f"--input takes NAME=FILE (e.g. PA=pa.dcm), not '{pair}'")
+        if name in files:
+            raise LanternError(f"--input {name} is given twice")
+        files[name] = Path(file)
+    return files
+
+
+def explain_case(args: argparse.Namespace) -> int:
+    """One case through a multi-input model: one result.json, one overlay per input and class."""
+    model = load_model(args.model, args.engine)
+    files = _case_files(args.inputs)
+    options = AnalysisOptions(methods=(args.method,), mc_samples=args.mc, seed=args.seed)
+    started = time.perf_counter()
+    case = {name: load_image(path, frame=args.frame) for name, path in files.items()}
+    result = analyze(case, model, options)
+    first = files[model.bundle.input_names[0]]
+    folder = unused_path(args.out / f"{first.stem}-case")
+    sources = {f.resolve() for f in files.values()}
+    written = [write_json_atomic(folder / "result.json", result.to_dict(args.method))]
+    for view in result.views:
+        maps = view.maps[args.method]
+        for index, name in enumerate(result.classes):
+            target = folder / f"overlay-{view.name}-{index}-{safe_name(name, 'class')}.png"
+            if target.resolve() in sources:
+                raise LanternError("refusing to write over a source file", target)
+            written.append(write_bytes_atomic(target, encode_png(render_overlay(case[view.name],
+                                                                                maps.normalized_map(index)))))
+    flag = ""
+    if result.uncertainty is not None:
+        flag = f", confidence {result.uncertainty.confidence:.2f}" + (" FLAGGED" if result.uncertainty.flagged else "")
+    print(f"case ({', '.join(f'{n}={p.name}' for n, p in files.items())}): {result.predicted_class} "
+          f"({result.probabilities[result.predicted]:.2f}{flag}) -> {folder} "
+          f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
 
 
 def _read_state_dict(path: Path) -> dict:

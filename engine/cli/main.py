@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", help="analyse images; write result.json and one overlay PNG per class")
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="*", type=Path, help="images, each analysed on its own")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE", dest="inputs",
+                   help="one image of a case for a multi-input model, once per input (e.g. --input PA=pa.dcm "
+                        "--input LAT=lat.dcm): one result.json for the case, overlays per input and class")
     p.add_argument("--out", type=Path, required=True)
     _add_model_args(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_NAMES, help="explanation method")

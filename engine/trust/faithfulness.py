@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from engine.errors import LanternError
 from engine.cam import ClassMaps
 from engine.preprocess import Geometry, map_to_source
 from engine.steps import Progress, Steps, run_to_end
@@ -150,6 +151,9 @@ def score_map(backend, tensor: np.ndarray, saliency: np.ndarray, class_index: in
 
 def score_analysis_steps(analysis, backend, method: str, class_index: int, **options) -> Steps[FaithfulnessScore]:
     """Faithfulness of one map of an :class:`~engine.analysis.Analysis` (same engine or another)."""
+    if len(analysis.views) > 1:
+        # Deleting pixels of one view while the others stay whole is not what the score means.
+        raise LanternError("faithfulness scores take models of one image; this analysis is a multi-input case")
     maps = analysis.maps[method]
     return score_map_steps(backend, analysis.model_input.tensor, input_map(maps, class_index), class_index,
                            method=method, **options)

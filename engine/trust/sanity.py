@@ -106,6 +106,7 @@ def randomization_steps(model: LoadedModel, model_input: ModelInput, class_index
     """Cascading randomisation of ``model`` for one image and class, as a generator that yields
     :class:`Progress` between steps (close it to cancel) and returns the :class:`SanityResult`.
     ``map_function`` defaults to the CAM ``method``; tests pass their own (a broken method)."""
+    model.bundle.require_single_input("the randomisation check")
     torch_model = torch_model_for(model)
     from engine.backends.torch_backend import cascading_randomization, randomization_groups
 

@@ -161,6 +161,7 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
     """``on_row`` hears of every row as soon as it is known (reused ones first), on the thread
     running the batch: a worklist fills while the batch runs."""
     source, out = Path(source), Path(out)
+    model.bundle.require_single_input("a batch over a folder")
     check_output_folder(source, out)
     items, failures = batch_items(source)
     out.mkdir(parents=True, exist_ok=True)

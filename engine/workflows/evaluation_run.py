@@ -72,6 +72,7 @@ def evaluate_case(case: LabelledCase, model: LoadedModel, methods: tuple[str, ..
 
 
 def evaluation_steps(labelled: LabelledSet, model: LoadedModel) -> Generator[Progress, None, EvaluationRun]:
+    model.bundle.require_single_input("evaluation on a labels file")
     if tuple(model.bundle.classes) != labelled.classes:
         raise LanternError(f"the labels were read for the classes {', '.join(labelled.classes)}, but the "
                            f"model has {', '.join(model.bundle.classes)}", labelled.csv)
