@@ -13,7 +13,9 @@ it (all of it ships in the packaged app, except the torch engine):
     backends.open_backend   torch / onnx / onnx-int8 -> logits, activations, all-class gradients
     cam                     one CAM core + a weighting rule per method; maps warped on demand
     uncertainty             MC-dropout samples -> UncertaintySummary
-    analysis.analyze        all of the above -> Analysis (plain numpy data)
+    analysis.analyze        all of the above -> Analysis (plain numpy data); a multi-input
+                            model's case is one image per named input
+                            (case_inputs proposes which image goes to which input)
     steps                   Progress, and run_to_end for any generator of steps
     errors, files, resources, version   plain-words errors; every write (atomic, never over a
                             source); where the demo resources are; Lantern's version
@@ -38,6 +40,7 @@ on first use: it brings pydicom, which opening a PNG or starting the window does
 from engine.analysis import Analysis, AnalysisOptions, LoadedModel, analysis_steps, analyze, load_model
 from engine.backends import ENGINES
 from engine.bundle import ModelBundle
+from engine.case_inputs import BY_ORDER, BY_VIEW_POSITION, Assignment, propose_inputs
 from engine.cam import DEFAULT_METHOD, METHOD_NAMES, method_label
 from engine.errors import (
     AnalysisCancelled,
@@ -59,6 +62,8 @@ __all__ = [
     # analysing: open an image and a model, analyse, as steps that can be stopped
     "Analysis", "AnalysisOptions", "LoadedModel", "ModelBundle", "SourceImage", "analysis_steps", "analyze",
     "load_image", "load_model", "scan_studies", "Progress", "Steps", "run_to_end",
+    # a multi-input model's case: which image goes to which input
+    "Assignment", "BY_ORDER", "BY_VIEW_POSITION", "propose_inputs",
     # the choices a front end offers, with their defaults
     "ENGINES", "DEFAULT_METHOD", "METHOD_NAMES", "method_label", "DEFAULT_SAMPLES",
     # what can go wrong, in plain words

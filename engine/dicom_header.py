@@ -103,6 +103,7 @@ def image_metadata(ds: Dataset, frame: int = 0) -> ImageMetadata:
         series_description=text_attr(ds, "SeriesDescription"),
         modality=text_attr(ds, "Modality"),
         body_part=text_attr(ds, "BodyPartExamined"),
+        view_position=text_attr(ds, "ViewPosition").strip().upper(),
         photometric=text_attr(ds, "PhotometricInterpretation"),
         pixel_spacing=_spacing(ds, frame),
         study_uid=text_attr(ds, "StudyInstanceUID"),

@@ -37,6 +37,7 @@ class ImageMetadata:
     series_description: str = ""
     modality: str = ""
     body_part: str = ""
+    view_position: str = ""  # (0018,5101): PA, AP, LL ... (which input of a multi-input model)
     photometric: str = ""
     pixel_spacing: tuple[float, float] | None = None  # (row, column) in mm
     study_uid: str = ""

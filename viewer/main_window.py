@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QHBoxLayout, QLabel,
 from engine import DEFAULT_METHOD
 from viewer import actions, theme, workflows
 from viewer.annotations import corner_texts
+from viewer.case_view import CaseView
 from viewer.class_strip import ClassStrip
 from viewer.display import METHODS
 from viewer.overlay_controls import OverlayControls
@@ -66,6 +67,9 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.tabs.addTab(reading, "Reading")
         self.tabs.addTab(self.compare, "Compare methods")
         self.tabs.addTab(self.seen, "What the model saw")
+        self.case = CaseView(self.session)
+        self.tabs.addTab(self.case, "Case")
+        self.tabs.setTabVisible(self.tabs.indexOf(self.case), False)  # for multi-input models only
         central = QWidget()
         column = QVBoxLayout(central)
         column.setContentsMargins(2, 2, 2, 2)
@@ -137,6 +141,9 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         s.analysisFailed.connect(self.show_error)
         s.analysisState.connect(self.on_analysis_state)
         s.progress.connect(self.on_progress)
+        s.filesChanged.connect(self.case.set_files)
+        self.case.analysisReady.connect(self.results.show_analysis)
+        self.case.message.connect(self.show_status)
         for viewport in (self.original, self.explained, *self.compare.viewports.values()):
             viewport.box.windowDragged.connect(self.drag_window)
             viewport.box.wheelStepped.connect(s.step)
@@ -160,6 +167,14 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.engine_settled(True)
         self.results.set_model(model.bundle, model.engine)
         self.show_status(f"Model {model.bundle.name} {model.bundle.version} ready ({model.engine}).")
+        multi = model.bundle.multi_input
+        self.tabs.setTabVisible(self.tabs.indexOf(self.case), multi)
+        self.case.set_model(model)
+        if multi:
+            # The case, not one image, is what this model reads: show where it is put together.
+            self.tabs.setCurrentWidget(self.case)
+            self.results.clear(f"This model reads a case of {len(model.bundle.inputs)} images "
+                               f"({', '.join(model.bundle.input_names)}): see the Case tab.")
 
     def on_model_failed(self, message: str) -> None:
         self.engine_settled(False)
@@ -185,7 +200,10 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.studies.highlight(source.path)
         self.strip.clear()
         self.seen.show_seen(None)
-        waiting = "Analysing…" if self.session.model is not None else "No model loaded: open a model bundle to analyse."
+        model = self.session.model
+        waiting = "Analysing…" if model is not None else "No model loaded: open a model bundle to analyse."
+        if model is not None and model.bundle.multi_input:
+            waiting = "This model reads a case of several images: see the Case tab."
         self.results.clear(waiting)
         self.update_corners()
         self.show_status(f"{source.path.name} ({image.index + 1}/{image.count})")

@@ -23,6 +23,7 @@ class OverlayMixin:
 
     def method_changed(self) -> None:
         self.session.shown_method = self.controls.method_key()
+        self.case.set_method(self.controls.method_key())
         self.refresh_overlay()
 
     def save_overlay_settings(self) -> None:
@@ -130,6 +131,7 @@ class OverlayMixin:
         self.explained.set_overlay_lut(lut)
         self.explained.set_overlay_opacity(opacity)
         self.compare.set_style(lut, opacity)
+        self.case.set_style(lut, opacity)
         self.controls.colorbar.set_lut(lut)
         grid = getattr(self, "_seen_grid", None) if self.session.analysis is not None else None
         # Always filled: a 2x2..8x8 grid of flat cells has no contours worth drawing.
@@ -142,7 +144,8 @@ class OverlayMixin:
     def apply_opacity(self) -> None:
         """The slider's hot path: item opacity only, no LUT or image work."""
         opacity = self.controls.opacity_value()
-        for viewport in (self.explained, *self.compare.viewports.values(), self.seen.viewport):
+        for viewport in (self.explained, *self.compare.viewports.values(), self.seen.viewport,
+                         *(pane.viewport for pane in self.case.panes)):
             viewport.set_overlay_opacity(opacity)
 
     def toggle_overlay(self) -> None:

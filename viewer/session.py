@@ -66,6 +66,7 @@ def _displayable(source, index: int, count: int) -> LoadedImage:
 class Session(QObject):
     modelReady = Signal(object)  # engine.LoadedModel
     modelFailed = Signal(str)  # what the reader reads (viewer.jobs.user_message)
+    filesChanged = Signal(list)  # the open file list (a multi-input case is chosen from it)
     imageReady = Signal(object)  # LoadedImage
     imageFailed = Signal(str)
     progress = Signal(int, int, str)  # step, total, stage of the running analysis
@@ -117,6 +118,7 @@ class Session(QObject):
 
     def open_files(self, files, index: int = 0) -> None:
         self.files = [Path(f) for f in files]
+        self.filesChanged.emit(list(self.files))
         self.show_index(index)
 
     def show_index(self, index: int, frame: int = 0) -> None:
@@ -169,8 +171,8 @@ class Session(QObject):
 
     # analysis ----------------------------------------------------------------
     def analyse(self) -> None:
-        if self.model is None or self.source is None:
-            return
+        if self.model is None or self.source is None or self.model.bundle.multi_input:
+            return  # a multi-input model analyses cases (viewer/case_view.py), not one image
         self.cancel()
         source, model = self.source, self.model
         self._analysed_source = source

@@ -184,3 +184,17 @@ def test_explain_command_refuses_a_bad_case(bundles, tmp_path, args, words):
     run = _explain("--model", bundles["shared"], *args, "--out", tmp_path)
     assert run.returncode != 0 and words in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_images_are_proposed_for_inputs_by_view_position_then_order(bundles):
+    from engine.case_inputs import BY_ORDER, BY_VIEW_POSITION, propose_inputs
+
+    bundle = load_bundle(bundles["shared"])
+    pa, lat = propose_inputs(bundle, ["ll", "", "AP"])
+    assert (pa.image, pa.how) == (2, BY_VIEW_POSITION) and (lat.image, lat.how) == (0, BY_VIEW_POSITION)
+    pa, lat = propose_inputs(bundle, ["", "LL"])
+    assert (pa.image, pa.how) == (0, BY_ORDER) and (lat.image, lat.how) == (1, BY_VIEW_POSITION)
+    pa, lat = propose_inputs(bundle, ["PA", "PA"])  # two frontal images: the second is only a guess
+    assert (pa.image, pa.how) == (0, BY_VIEW_POSITION) and (lat.image, lat.how) == (1, BY_ORDER)
+    pa, lat = propose_inputs(bundle, ["LATERAL"])
+    assert pa.image is None and (lat.image, lat.how) == (0, BY_VIEW_POSITION)
