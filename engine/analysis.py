@@ -20,6 +20,8 @@ from engine.cam import DEFAULT_METHOD, ClassMaps, get_method
 from engine.errors import LanternError
 from engine.checkpoints import is_checkpoint_folder, load_checkpoint_folder
 from engine.images import SourceImage
+from engine.intended_inputs import InputCheck, check_inputs
+from engine.ood import OodStatistics, load_ood
 from engine.preprocess import ModelInput, prepare_input
 from engine.result import result_record
 from engine.steps import Progress, run_to_end
@@ -40,6 +42,7 @@ class LoadedModel:
 
     bundle: ModelBundle
     backend: Backend
+    ood: OodStatistics | None = None  # the bundle's out-of-distribution statistics, if fitted
 
     @property
     def engine(self) -> str:
@@ -50,7 +53,8 @@ def load_model(bundle: str | Path | ModelBundle, engine: str = "auto") -> Loaded
     if not isinstance(bundle, ModelBundle):
         # A Hugging Face or timm checkpoint folder (config.json, no manifest.json) opens as it is.
         bundle = load_checkpoint_folder(bundle) if is_checkpoint_folder(bundle) else load_bundle(bundle)
-    return LoadedModel(bundle, open_backend(bundle, engine))
+    backend = open_backend(bundle, engine)
+    return LoadedModel(bundle, backend, load_ood(bundle.folder, bundle.manifest.get("ood"), backend.engine))
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +79,8 @@ class Analysis:
     views: tuple[InputView, ...]  # one per model input, in the bundle's order
     uncertainty: UncertaintySummary | None
     uncertainty_note: str  # why uncertainty is missing, when it is
+    input_check: InputCheck = field(default_factory=InputCheck)  # inside what the model was made for?
+    head_input: np.ndarray | None = field(default=None, repr=False)  # features entering the head
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
     # An ordinary model's one image (a multi-input case's first), as most callers need it.
@@ -109,7 +115,8 @@ class Analysis:
                              model_version=self.model_version, engine=self.engine, classes=self.classes,
                              logits=self.logits, probabilities=self.probabilities, uncertainty=self.uncertainty,
                              uncertainty_note=self.uncertainty_note, maps=self.maps, timings=self.timings,
-                             method=method, inputs=[(v.name, v.source, v.frame, v.maps) for v in self.views])
+                             method=method, inputs=[(v.name, v.source, v.frame, v.maps) for v in self.views],
+                             input_check=self.input_check)
 
 
 def mc_uncertainty(model: LoadedModel, head_input: np.ndarray, samples: int, seed: int,
@@ -182,6 +189,7 @@ def analysis_steps(
     yield Progress("uncertainty", 3, total)
     uncertainty, note = mc_uncertainty(model, outputs.head_input, options.mc_samples, options.seed,
                                        options.confidence_threshold)
+    input_check = check_inputs(bundle.intended_inputs, images, model.ood, outputs.head_input)
     lap("uncertainty")
     yield Progress("done", total, total)
     return Analysis(
@@ -194,6 +202,8 @@ def analysis_steps(
         views=tuple(views),
         uncertainty=uncertainty,
         uncertainty_note=note,
+        input_check=input_check,
+        head_input=outputs.head_input,
         timings=timings,
     )
 

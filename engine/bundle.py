@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import ModelBundleError
 from engine.files import write_json_atomic
+from engine.intended_inputs import IntendedInputs, parse_intended_inputs
 
 MANIFEST_NAME = "manifest.json"
 SINGLE_INPUT = "image"  # the one input of an ordinary model, where a name is needed
@@ -115,6 +116,7 @@ class ModelBundle:
     # A multi-input model's inputs (``input`` is then the first one's); empty for one image.
     inputs: tuple[NamedInput, ...] = ()
     branches: str = "shared"  # see BRANCH_RULES; multi-input only
+    intended_inputs: IntendedInputs | None = None  # what the model was made for (None: not declared)
 
     @property
     def num_classes(self) -> int:
@@ -260,6 +262,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
         cutoffs=cutoffs,
         inputs=inputs,
         branches=branches,
+        intended_inputs=parse_intended_inputs(manifest.get("intended_inputs"), folder),
     )
 
 
@@ -350,7 +353,9 @@ def load_bundle(folder: str | Path) -> ModelBundle:
     if not isinstance(manifest, dict):
         raise ModelBundleError("manifest.json must hold a JSON object", folder)
     bundle = parse_manifest(manifest, folder)
-    for label, file in [("weights", bundle.weights), *bundle.onnx.items()]:
+    ood = (manifest.get("ood") or {}).get("file") if isinstance(manifest.get("ood"), dict) else None
+    ood_file = _inside(folder, ood, "the out-of-distribution statistics") if ood else None
+    for label, file in [("weights", bundle.weights), *bundle.onnx.items(), ("out-of-distribution statistics", ood_file)]:
         if file is not None and not file.is_file():
             raise ModelBundleError(f"{label} file '{file.name}' is missing from the bundle", folder)
     return bundle

@@ -34,6 +34,7 @@ from engine.dicom_header import (
     UNDEFINED_LENGTH,
     PixelElement,
     describe_non_image,
+    not_a_picture,
     int_attr,
     number_of_frames,
 )
@@ -115,6 +116,9 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> Sou
     except Exception as exc:
         raise ImageLoadError(f"the DICOM header could not be read: {exc}", path) from exc
 
+    refused = not_a_picture(ds)
+    if refused:
+        raise NotAnImageError(refused, path)
     tsyntax = UID(ds.file_meta.TransferSyntaxUID)
     if tsyntax == DeflatedExplicitVRLittleEndian:
         # The data set is zlib-compressed: offsets in the file mean nothing, read it whole,

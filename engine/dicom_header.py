@@ -113,6 +113,7 @@ def image_metadata(ds: Dataset, frame: int = 0) -> ImageMetadata:
         rows=int_attr(ds, "Rows", 0) or 0,
         columns=int_attr(ds, "Columns", 0) or 0,
         frames=number_of_frames(ds),
+        is_dicom=True,
     )
 
 
@@ -204,6 +205,37 @@ _KIND_BY_WORD = (
     ("Spectroscopy", "spectroscopy data"),
     ("Segmentation", "a segmentation without pixel data"),
 )
+
+
+# Objects that may carry pixel data but are not pictures a classifier should read: labels drawn
+# on other images, dose grids, documents and references. By Modality (0008,0060), as their SOP
+# Classes are many and growing.
+_NOT_PICTURES = {
+    "SEG": "a segmentation (SEG: labels drawn on other images)",
+    "RTDOSE": "an RT Dose grid (radiotherapy dose)",
+    "RTSTRUCT": "an RT Structure Set (contours)",
+    "RTPLAN": "an RT Plan (radiotherapy plan)",
+    "RTRECORD": "an RT treatment record",
+    "SR": "a structured report",
+    "PR": "a presentation state (display settings for other images)",
+    "KO": "a key object selection (a list of flagged images)",
+    "REG": "a registration (how other images line up)",
+    "DOC": "a document",
+}
+
+
+def not_a_picture(ds: Dataset) -> str | None:
+    """Plain words when a DICOM object, pixels or not, is not a picture to classify (SEG, RT,
+    SR, presentation states, KOS); None for anything that may be one."""
+    modality = text_attr(ds, "Modality").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    name = UID(sop_class).name if sop_class else ""
+    if modality not in _NOT_PICTURES:
+        modality = next((m for m, words in (("SEG", "Segmentation Storage"), ("RTDOSE", "RT Dose"),
+                                            ("SR", "SR Storage"), ("PR", "Presentation State"))
+                         if words in name), modality)
+    kind = _NOT_PICTURES.get(modality)
+    return f"this DICOM file holds {kind}, not an image to classify" if kind else None
 
 
 def describe_non_image(ds: Dataset) -> str:

@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from engine.cam import ClassMaps
+from engine.intended_inputs import InputCheck
 from engine.uncertainty import UncertaintySummary
 
 SCHEMA = "lantern.result/1"
@@ -36,8 +37,8 @@ def result_record(*, source: str | Path, frame: int, model_name: str, model_vers
                   classes: tuple[str, ...], logits: np.ndarray, probabilities: np.ndarray,
                   uncertainty: UncertaintySummary | None, uncertainty_note: str,
                   maps: Mapping[str, ClassMaps] | None = None, timings: Mapping[str, float] | None = None,
-                  method: str | None = None, inputs: list[tuple[str, Path, int, Mapping[str, ClassMaps]]] | None = None
-                  ) -> dict:
+                  method: str | None = None, inputs: list[tuple[str, Path, int, Mapping[str, ClassMaps]]] | None = None,
+                  input_check: InputCheck | None = None) -> dict:
     """One image's (or multi-input case's) result. ``probabilities`` are already calibrated
     (softmax(logits / T)); ``method`` is the method whose map was written or shown, if any;
     ``inputs``: (name, source, frame, maps) of every model input, when there are several. The
@@ -60,5 +61,7 @@ def result_record(*, source: str | Path, frame: int, model_name: str, model_vers
                    for name, path, index, view_maps in inputs or ()] if inputs and len(inputs) > 1 else [],
         "uncertainty": uncertainty.to_dict() if uncertainty else None,
         "uncertainty_note": uncertainty_note,
+        # Inside what the model was made for? (its tags and the out-of-distribution score)
+        "input_check": (input_check or InputCheck()).to_dict(),
         "timings_ms": {k: round(v * 1000, 3) for k, v in (timings or {}).items()},
     }

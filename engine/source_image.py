@@ -47,6 +47,7 @@ class ImageMetadata:
     rows: int = 0
     columns: int = 0
     frames: int = 1
+    is_dicom: bool = False  # read from a DICOM file (its tags say what it shows)
 
 
 @dataclass(frozen=True)

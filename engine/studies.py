@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from engine.dicom import looks_like_dicom
-from engine.dicom_header import describe_non_image, int_attr, number_of_frames, text_attr
+from engine.dicom_header import describe_non_image, int_attr, not_a_picture, number_of_frames, text_attr
 from engine.images import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,10 @@ def _scan_file(path: Path, found: list[_Found], skipped: list[tuple[Path, str]],
         return
     if "Rows" not in ds:
         skipped.append((path, describe_non_image(ds)))
+        return
+    refused = not_a_picture(ds)
+    if refused:
+        skipped.append((path, refused))
         return
     found.append(_dicom_entry(path, ds))
 

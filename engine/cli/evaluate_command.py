@@ -9,7 +9,7 @@ import sys
 from engine.analysis import load_model
 from engine.errors import LanternError
 from engine.steps import run_to_end
-from engine.workflows.evaluation_outputs import fit_and_store, write_outputs
+from engine.workflows.evaluation_outputs import fit_and_store, fit_ood_and_store, write_outputs
 from engine.workflows.evaluation_run import build_report, evaluation_steps
 from engine.workflows.labels import read_labels
 
@@ -36,6 +36,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.fit_temperature:
         temperature, _ = fit_and_store(run, model.bundle)
         print(f"fitted temperature {temperature:.4f}; stored in {model.bundle.folder / 'manifest.json'}",
+              file=sys.stderr)
+    if args.fit_ood:
+        stats = fit_ood_and_store(run, model.bundle.folder, args.ood_percentile)
+        print(f"fitted the out-of-distribution check on {stats.images} images (threshold {stats.threshold:.2f}, "
+              f"the {stats.percentile:g}th percentile of out-of-fold scores); stored in {model.bundle.folder}",
               file=sys.stderr)
     report = build_report(run, temperature)
     folder = write_outputs(report, args.out, f"evaluation-{labels_csv.parent.name}")

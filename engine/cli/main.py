@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("evaluations"), help="where the results folder is made")
     p.add_argument("--fit-temperature", action="store_true",
                    help="fit temperature scaling on this folder and store it in the bundle")
+    p.add_argument("--fit-ood", action="store_true",
+                   help="fit the out-of-distribution check on this folder's images (in distribution, labelled) and "
+                        "store it in the bundle (ood.safetensors)")
+    p.add_argument("--ood-percentile", type=float, default=97.5,
+                   help="with --fit-ood: the share of in-distribution images scored below the threshold, in %%")
     _add_model_args(p)
 
     p = sub.add_parser("train-demo", help="re-train the demo model on synthetic phantoms")

@@ -36,6 +36,10 @@ DEMO_MANIFEST = {
     "head": {"dropout": 0.3},
     "weights": "model.safetensors",
     "synthetic_demo": True,
+    # What it was made for: the reader is told when an image is not that (engine/intended_inputs.py).
+    "intended_inputs": {"description": "chest radiographs", "modalities": ["DX", "CR"], "body_parts": ["CHEST"],
+                        "view_positions": ["PA", "AP"], "photometric": ["MONOCHROME1", "MONOCHROME2"],
+                        "min_size": [128, 128], "non_dicom": True},
     "intended_use": (
         "Demonstration and teaching only. Trained on synthetic chest-radiograph-like phantoms "
         "made by Lantern; it has never seen a real patient image. Not a medical device and not "
@@ -218,7 +222,39 @@ def train_demo(out: Path, epochs: int = 6, per_epoch: int = 3000, batch: int = 3
     }
     write_json_atomic(out / "manifest.json", manifest)
     log(f"held-out accuracy {metrics['accuracy']:.3f}; pointing game {metrics['pointing_game']}")
+    fit_demo_ood(out, seed, log)
     return metrics
+
+
+OOD_FIT_IMAGES = 900
+
+
+def fit_demo_ood(folder: Path, seed: int = 0, log: Callable[[str], None] = print) -> None:
+    """Fit the demo bundle's out-of-distribution statistics on fresh phantoms (a seed neither
+    training nor evaluation uses) and store them: what ``evaluate --fit-ood`` does for a
+    labelled folder."""
+    from engine.backends.architectures import build_model, load_weights
+    from engine.backends.torch_backend import TorchBackend
+    from engine.bundle import load_bundle, update_manifest
+    from engine.backends import available_engines, open_backend
+    from engine.ood import fit_ood, manifest_entry, save_ood
+
+    bundle = load_bundle(folder)
+    model = build_model(bundle)
+    load_weights(model, bundle)
+    images, _, labels = make_dataset(OOD_FIT_IMAGES, seed=seed + 70_000)
+    batches = [phantom_batch(images[i:i + 32], bundle) for i in range(0, len(images), 32)]
+
+    def features(backend) -> np.ndarray:
+        return np.concatenate([backend.forward_features(b)[1] for b in batches])
+
+    # Fitted on the PyTorch engine; each ONNX engine the bundle has gets its own threshold.
+    others = {e: features(open_backend(bundle, e)) for e in available_engines(bundle) if e != "torch"}
+    stats = fit_ood(features(TorchBackend(bundle, model)), labels, bundle.num_classes, other_engines=others,
+                    fitted_on=f"{OOD_FIT_IMAGES} phantoms (seed {seed + 70_000})")
+    save_ood(stats, bundle.folder)
+    update_manifest(bundle, ood=manifest_entry(stats))
+    log(f"out-of-distribution check fitted on {stats.images} phantoms: threshold {stats.threshold:.2f}")
 
 
 def reevaluate_demo(folder: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
@@ -237,4 +273,5 @@ def reevaluate_demo(folder: Path, seed: int = 0, log: Callable[[str], None] = pr
     card["metrics"] = metrics
     update_manifest(bundle, model_card=card)
     log(f"held-out accuracy {metrics['accuracy']:.3f}; pointing game {metrics['pointing_game']}")
+    fit_demo_ood(folder, seed, log)
     return metrics

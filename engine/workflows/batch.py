@@ -33,6 +33,7 @@ from engine.workflows.batch_record import BatchItem, BatchRecord, BatchRow, item
 from engine.errors import LanternError
 from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from engine.images import SourceImage, load_image
+from engine.intended_inputs import check_inputs
 from engine.preprocess import prepare_input
 from engine.studies import scan_studies
 from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, calibrated_probabilities
@@ -90,7 +91,7 @@ def check_output_folder(source: Path, out: Path) -> None:
 
 
 def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, options: BatchOptions,
-                   head_input: np.ndarray) -> dict:
+                   head_input: np.ndarray, image: SourceImage) -> dict:
     """A triage's result (no maps) in the one result schema."""
     uncertainty, note = mc_uncertainty(model, head_input, options.mc_samples, options.seed,
                                        options.confidence_threshold)
@@ -98,7 +99,8 @@ def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, opti
     return result_record(source=item.path, frame=item.frame, model_name=bundle.name, model_version=bundle.version,
                          engine=model.engine, classes=bundle.classes, logits=logits,
                          probabilities=calibrated_probabilities(logits, bundle.temperature),
-                         uncertainty=uncertainty, uncertainty_note=note)
+                         uncertainty=uncertainty, uncertainty_note=note,
+                         input_check=check_inputs(bundle.intended_inputs, [image], model.ood, head_input))
 
 
 def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
@@ -130,8 +132,8 @@ def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exp
     if not loaded:
         return []
     logits, head_inputs = model.backend.forward_features(np.concatenate([entry[4] for entry in loaded]))
-    return [(index, item, key, _triage_record(item, model, item_logits, options, head_input))
-            for (index, item, key, _, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
+    return [(index, item, key, _triage_record(item, model, item_logits, options, head_input, image))
+            for (index, item, key, image, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
 
 
 def _fresh_path(path: Path, claimed: set[Path]) -> Path:
@@ -169,7 +171,7 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
     pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
     root = source if source.is_dir() else source.parent
     identity = [model.bundle.name, model.bundle.version, model.bundle.temperature, model.engine,
-                *options.identity()]
+                model.ood.threshold if model.ood else None, *options.identity()]
     rows: dict[int, BatchRow] = {}
     todo: list[tuple[int, BatchItem, str]] = []
     for index, item in enumerate(items):

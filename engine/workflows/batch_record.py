@@ -24,7 +24,7 @@ from engine.files import safe_name, write_json_atomic
 RECORD_NAME = ".lantern-batch.json"
 RECORD_FORMAT = 1
 CSV_COLUMNS = ("file", "frame", "patient_id", "study", "study_date", "predicted_class", "probability",
-               "confidence", "flagged", "result")
+               "confidence", "flagged", "outside_intended_use", "ood_score", "result")
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,17 @@ class BatchRow:
     flagged: bool
     probabilities: dict[str, float]
     result: str  # the per-image result file, relative to the output folder
+    # Outside what the model was made for (tags or out-of-distribution score), and why.
+    outside: bool = False
+    ood_score: float | None = None  # None: the model has no statistics
+    outside_reasons: tuple[str, ...] = ()
 
     def to_record(self) -> dict:
         return asdict(self) | {"path": str(self.path)}
 
     @classmethod
     def from_record(cls, data: dict) -> "BatchRow":
-        return cls(**(data | {"path": Path(data["path"])}))
+        return cls(**(data | {"path": Path(data["path"]), "outside_reasons": tuple(data.get("outside_reasons", ()))}))
 
 
 class BatchRecord:
@@ -103,6 +107,7 @@ def make_row(item: BatchItem, record: dict, result_file: str, pseudonyms: Pseudo
     """The worklist row for an item from its result record (analysis.to_dict() or the triage
     subset of it); with ``pseudonyms`` the patient and study are replaced, the date dropped."""
     uncertainty = record["uncertainty"]
+    check = record.get("input_check") or {}
     predicted = record["predicted_class"]
     patient, study, study_date = item.patient_id, item.study, item.study_date
     if pseudonyms is not None and not item.study_uid.startswith("folder:"):  # a PNG folder has no PHI
@@ -113,7 +118,9 @@ def make_row(item: BatchItem, record: dict, result_file: str, pseudonyms: Pseudo
         predicted_class=predicted, probability=float(record["probabilities"][predicted]),
         confidence=float(uncertainty["confidence"]) if uncertainty else None,
         flagged=bool(uncertainty["flagged"]) if uncertainty else False,
-        probabilities={k: float(v) for k, v in record["probabilities"].items()}, result=result_file)
+        probabilities={k: float(v) for k, v in record["probabilities"].items()}, result=result_file,
+        outside=bool(check.get("outside_intended_use")), ood_score=check.get("ood_score"),
+        outside_reasons=tuple(check.get("reasons", ())))
 
 
 def worklist_csv(rows: Iterable[BatchRow]) -> bytes:
@@ -123,7 +130,8 @@ def worklist_csv(rows: Iterable[BatchRow]) -> bytes:
     for r in rows:
         writer.writerow([str(r.path), r.frame, r.patient_id, r.study, r.study_date, r.predicted_class,
                          f"{r.probability:.4f}", "" if r.confidence is None else f"{r.confidence:.4f}",
-                         "yes" if r.flagged else "no", r.result])
+                         "yes" if r.flagged else "no", "yes" if r.outside else "no",
+                         "" if r.ood_score is None else f"{r.ood_score:.4f}", r.result])
     return buffer.getvalue().encode("utf-8")
 
 

@@ -36,6 +36,7 @@ class CaseResult:
     hits: dict[str, bool]  # method -> peak of the true class within tolerance of the mask
     strict_hits: dict[str, bool]  # method -> peak strictly on the mask
     tolerance_px: float
+    features: np.ndarray | None = None  # the head's input (fits the out-of-distribution check)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def evaluate_case(case: LabelledCase, model: LoadedModel, methods: tuple[str, ..
                 peak = maps.peak(case.label)
                 hits[method] = pointing_hit(mask, peak, tolerance)
                 strict[method] = pointing_hit(mask, peak, 0)
-    return CaseResult(case, np.asarray(analysis.logits, dtype=np.float64), hits, strict, tolerance)
+    return CaseResult(case, np.asarray(analysis.logits, dtype=np.float64), hits, strict, tolerance,
+                      np.asarray(analysis.head_input, dtype=np.float32).ravel())
 
 
 def evaluation_steps(labelled: LabelledSet, model: LoadedModel) -> Generator[Progress, None, EvaluationRun]:

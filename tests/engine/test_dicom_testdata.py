@@ -115,7 +115,6 @@ EXPECTED_TO_DECODE = {
     "SC_ybr_full_422_uncompressed.dcm": "YBR_FULL_422",
     "examples_palette.dcm": "PALETTE COLOR",
     "SC_rgb_rle_2frame.dcm": "multi-frame RLE",
-    "rtdose.dcm": "multi-frame dose grid",
 }
 
 
@@ -144,7 +143,10 @@ def test_lossless_encodings_give_the_same_pixels(name, outcomes):
 def test_non_images_say_what_they_are(outcomes):
     expectations = {"rtplan.dcm": "RT Plan", "test-SR.dcm": "structured report",
                     "waveform_ecg.dcm": "waveform", "rtstruct.dcm": "RT Structure Set",
-                    "dicomdirtests/DICOMDIR": "DICOMDIR", "MR_truncated.dcm": "truncated"}
+                    "dicomdirtests/DICOMDIR": "DICOMDIR", "MR_truncated.dcm": "truncated",
+                    # pixels, but not pictures to classify
+                    "rtdose.dcm": "RT Dose grid", "liver_1frame.dcm": "segmentation (SEG",
+                    "reportsi.dcm": "structured report"}
     for name, words in expectations.items():
         result = outcomes[PYDICOM_DATA / "test_files" / name][0]
         assert isinstance(result, ImageLoadError) and words in str(result), (name, result)

@@ -110,7 +110,7 @@ def test_randomisation_check_can_be_cancelled(qtbot, nodule_window):
 def test_onnx_only_bundle_says_the_check_needs_pytorch(qtbot, tmp_path, demo_bundle, demo_studies):
     bundle = tmp_path / "onnx-only"
     bundle.mkdir()
-    for name in ("model.int8.onnx", "head.onnx"):
+    for name in ("model.int8.onnx", "head.onnx", "ood.safetensors"):  # what the package ships
         shutil.copy(demo_bundle / name, bundle / name)
     manifest = json.loads((demo_bundle / "manifest.json").read_text())
     del manifest["weights"]
