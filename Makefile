@@ -10,22 +10,25 @@ STAMP  := $(VENV)/.lantern-installed
 QT_SYSTEM_LIBS := libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
 	libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 xvfb xauth nasm
+# The tests check every DICOM file Lantern writes with dicom3tools' validator (dciodvfy).
+DICOM_TOOLS := dicom3tools
+SYSTEM_PACKAGES := $(QT_SYSTEM_LIBS) $(DICOM_TOOLS)
 
 .PHONY: setup system-deps run test bench screenshots package demo-model clean
 
 setup: $(STAMP)
 
-# Installs Qt's system libraries with apt-get when running as root (CI, fresh machines);
-# otherwise only says which are missing.
+# Installs Qt's system libraries and the DICOM tools the tests use with apt-get when running as
+# root (CI, fresh machines); otherwise only says which are missing.
 system-deps:
-	@missing=""; for p in $(QT_SYSTEM_LIBS); do \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "Installing system libraries for Qt:$$missing"; \
+		echo "Installing system packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	elif command -v dpkg >/dev/null; then \
-		echo "note: Qt may need these system packages:$$missing"; fi
+		echo "note: Qt and the tests may need these system packages:$$missing"; fi
 
 $(STAMP): pyproject.toml Makefile
 	$(MAKE) system-deps

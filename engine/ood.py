@@ -28,7 +28,7 @@ from engine.errors import LanternError, ModelBundleError
 
 OOD_FILE = "ood.safetensors"
 SCORE_NAME = "mahalanobis"
-DEFAULT_PERCENTILE = 97.5  # in-distribution images above the threshold: about 100 - this, in %
+DEFAULT_PERCENTILE = 99.0  # in-distribution images above the threshold: about 100 - this, in %
 MIN_IMAGES_PER_CLASS = 10  # each of the 5 folds then leaves at least 8 of every class to fit on
 FOLDS = 5
 

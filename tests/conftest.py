@@ -68,6 +68,18 @@ def make_multi_input_bundle(folder: Path, *, branches="shared", architecture="re
     return folder
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dicom3tools' validator on a file Lantern wrote: its Error lines (warnings are allowed).
+    The Makefile installs dicom3tools; without it the test fails rather than passing unchecked."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (dicom3tools) is not installed: run 'make system-deps' as root")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
 def new_dicom(sop_class) -> "pydicom.Dataset":
     """A data set with file meta and fresh UIDs, ready for a test to add its modules."""
     from pydicom.dataset import Dataset, FileMetaDataset

@@ -57,6 +57,11 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.banner.setWordWrap(True)
         self.banner.setVisible(False)
         self.banner.mousePressEvent = lambda _ev: self.banner.setVisible(False)
+        # Not dismissable: it belongs to the result, as long as the result is on screen.
+        self.outside_banner = QLabel()
+        self.outside_banner.setObjectName("outsideBanner")
+        self.outside_banner.setWordWrap(True)
+        self.outside_banner.setVisible(False)
         reading = QWidget()
         row = QHBoxLayout(reading)
         row.setContentsMargins(0, 0, 0, 0)
@@ -74,6 +79,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         column = QVBoxLayout(central)
         column.setContentsMargins(2, 2, 2, 2)
         column.addWidget(self.banner)
+        column.addWidget(self.outside_banner)
         column.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
 
@@ -143,6 +149,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         s.progress.connect(self.on_progress)
         s.filesChanged.connect(self.case.set_files)
         self.case.analysisReady.connect(self.results.show_analysis)
+        self.case.analysisReady.connect(self.show_input_check)
         self.case.message.connect(self.show_status)
         for viewport in (self.original, self.explained, *self.compare.viewports.values()):
             viewport.box.windowDragged.connect(self.drag_window)
@@ -183,8 +190,19 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
             message += f" (still using {model.bundle.name} on {model.engine})"
         self.show_error(message)
 
+    def show_input_check(self, analysis) -> None:
+        """The banner above the maps when an image is outside what the model was made for."""
+        check = None if analysis is None else analysis.input_check
+        if check is None or not check.outside:
+            self.outside_banner.setVisible(False)
+            return
+        self.outside_banner.setText("⚠ Outside what this model was made for: " + "; ".join(check.reasons)
+                                    + ". The maps explain this model's answer, which means little here.")
+        self.outside_banner.setVisible(True)
+
     def on_image(self, image) -> None:
         self.banner.setVisible(False)
+        self.show_input_check(None)
         self._map_cache.clear()
         source = image.source
         self.window_cw = (source.window.center, source.window.width)
@@ -213,6 +231,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
     def on_analysis(self, analysis) -> None:
         self._map_cache.clear()
         self.results.show_analysis(analysis)
+        self.show_input_check(analysis)
         self.class_index = analysis.predicted
         seen = analysis.model_input.seen
         self.seen.show_seen(seen, f"{seen.shape[1]}×{seen.shape[0]} input, as scaled and resized for "

@@ -91,6 +91,12 @@ class ResultsPanel(QWidget):
         self.confidence = Gauge("Confidence", 1.0, marker=True)
         self.entropy = Gauge("Predictive entropy", 1.0)
         self.mutual_info = Gauge("Mutual information", 1.0)
+        # Distance of the image's features from those the model was fitted on (engine/ood.py).
+        self.ood = Gauge("Out-of-distribution score", 1.0, marker=True)
+        self.ood.setObjectName("oodGauge")
+        self.ood_note = QLabel()
+        self.ood_note.setWordWrap(True)
+        self.ood_note.setStyleSheet(f"color: {theme.MUTED};")
         self.flag = QLabel()
         self.flag.setObjectName("flag")
         self.flag.setWordWrap(True)
@@ -109,7 +115,8 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.prediction)
         layout.addLayout(self.class_box)
         layout.addWidget(self.probability_plot)
-        for widget in (self.confidence, self.flag, self.calibration_note, self.entropy, self.mutual_info, self.note):
+        for widget in (self.confidence, self.flag, self.calibration_note, self.entropy, self.mutual_info, self.note,
+                       self.ood, self.ood_note):
             layout.addWidget(widget)
         layout.addWidget(self.model_info)
         layout.addStretch(1)
@@ -122,8 +129,9 @@ class ResultsPanel(QWidget):
         self.bars.setOpts(x0=[], y=[], height=[], width=[])
         self.cutoff_markers.setData(x=[], y=[])
         self.errors.setData(x=np.zeros(0), y=np.zeros(0), left=np.zeros(0), right=np.zeros(0))
-        for gauge in (self.confidence, self.entropy, self.mutual_info):
+        for gauge in (self.confidence, self.entropy, self.mutual_info, self.ood):
             gauge.setVisible(False)
+        self.ood_note.setVisible(False)
         self.probability_plot.setVisible(False)  # empty axes say nothing
         self.flag.setVisible(False)
         self.note.setVisible(False)
@@ -175,6 +183,23 @@ class ResultsPanel(QWidget):
         self.probability_plot.setYRange(-0.6, n - 0.4, padding=0)
         self.probability_plot.getAxis("left").setTicks([[(float(y), c) for y, c in zip(ys, classes)]])
         self._show_uncertainty(analysis, n)
+        self._show_input_check(analysis.input_check)
+
+    def _show_input_check(self, check) -> None:
+        if check.score is None:
+            self.ood.setVisible(False)
+            self.ood_note.setText(check.note)
+            self.ood_note.setVisible(True)
+            return
+        self.ood.set_maximum(max(2.0 * check.threshold, 1.1 * check.score))
+        outside = check.score_outside
+        self.ood.set_value(check.score, f"{check.score:.1f} (threshold {check.threshold:.1f}"
+                                        f"{': outside' if outside else ''})",
+                           theme.WARNING if outside else theme.ACCENT, marker=check.threshold)
+        self.ood.setToolTip(f"Mahalanobis distance of this image's features from those of the images the model "
+                            f"was fitted on; {100 - (check.percentile or 0):.1f}% of those lie above the threshold.")
+        self.ood.setVisible(True)
+        self.ood_note.setVisible(False)
 
     def _show_uncertainty(self, analysis, n: int) -> None:
         u = analysis.uncertainty

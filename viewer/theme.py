@@ -22,6 +22,7 @@ QDockWidget::title {{ background: #23272c; padding: 4px; }}
 QToolBar {{ background: #23272c; border: none; spacing: 2px; }}
 QToolButton:checked {{ background: #2f4a60; }}
 QLabel#banner {{ background: #5a1f1c; color: #ffe3e0; padding: 6px; border-radius: 3px; }}
+QLabel#outsideBanner {{ background: #5c3d00; color: #ffe9c2; padding: 6px; border-radius: 3px; font-weight: bold; }}
 QLabel#flag {{ color: {WARNING}; font-weight: bold; }}
 QLabel#demoNotice {{ background: #4a3a10; color: #ffe9b0; padding: 4px; border-radius: 3px; }}
 QProgressBar {{ border: 1px solid #3a3f45; border-radius: 3px; text-align: center; }}

@@ -1,5 +1,6 @@
 """The worklist's table: one row per analysed image (engine.workflows.batch_record.BatchRow), and the proxy
-that sorts it (flagged and least confident first by default) and filters it by text or flag."""
+that sorts it (outside what the model was made for first, then flagged, least confident first by
+default) and filters it by text or flag."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyMod
 from PySide6.QtGui import QColor
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-COLUMNS = ("Patient", "Study", "Image", "Predicted", "Probability", "Confidence", "Flagged")
+COLUMNS = ("Patient", "Study", "Image", "Predicted", "Probability", "Confidence", "Outside", "Flagged")
 FLAGGED_COLUMN = COLUMNS.index("Flagged")
+OUTSIDE_COLUMN = COLUMNS.index("Outside")
 TEXT_COLUMNS = (0, 1, 2, 3)
 
 
@@ -48,7 +50,11 @@ class WorklistModel(QAbstractTableModel):
         if role == SORT_ROLE:
             return self._sort_key(row, column)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return f"{row.path}" + (f", frame {row.frame + 1}" if row.frame else "")
+            where = f"{row.path}" + (f", frame {row.frame + 1}" if row.frame else "")
+            outside = row.outside_reasons
+            return where + ("\nOutside what the model was made for:\n" + "\n".join(outside) if outside else "")
+        if role == Qt.ItemDataRole.ForegroundRole and row.outside:
+            return QColor("#ffb74d")
         if role == Qt.ItemDataRole.ForegroundRole and row.flagged:
             return QColor("#ff8a80")
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (4, 5):
@@ -59,16 +65,23 @@ class WorklistModel(QAbstractTableModel):
     def _text(row, column: int) -> str:
         image = row.path.name + (f" [{row.frame + 1}]" if row.frame else "")
         confidence = "—" if row.confidence is None else f"{row.confidence:.2f}"
+        score = row.ood_score
+        outside = ("⚠ outside" if row.outside else "") + (f" ({score:.1f})" if score is not None else "")
         values = (row.patient_id or "—", row.study or "—", image, row.predicted_class, f"{row.probability:.1%}",
-                  confidence, "⚑ flagged" if row.flagged else "")
+                  confidence, outside.strip() or "—", "⚑ flagged" if row.flagged else "")
         return values[column]
 
     @staticmethod
     def _sort_key(row, column: int):
         confidence = 1.0 if row.confidence is None else row.confidence
+        outside = 2.0 if row.outside else 0.0
         if column == FLAGGED_COLUMN:
-            # Flagged first when sorted descending, the least confident of each group first.
-            return (1.0 if row.flagged else 0.0) + (1.0 - confidence) / 2
+            # Sorted descending (the default): images outside what the model was made for first (its
+            # answer means least there), then flagged ones, the least confident of each group first.
+            return outside + (1.0 if row.flagged else 0.0) + (1.0 - confidence) / 2
+        if column == OUTSIDE_COLUMN:
+            score = row.ood_score
+            return outside + (0.0 if score is None else score / (1.0 + abs(score)))
         if column == 4:
             return row.probability
         if column == 5:

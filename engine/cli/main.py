@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-ood", action="store_true",
                    help="fit the out-of-distribution check on this folder's images (in distribution, labelled) and "
                         "store it in the bundle (ood.safetensors)")
-    p.add_argument("--ood-percentile", type=float, default=97.5,
+    p.add_argument("--ood-percentile", type=float, default=99.0,
                    help="with --fit-ood: the share of in-distribution images scored below the threshold, in %%")
     _add_model_args(p)
 

@@ -51,9 +51,17 @@ def source_header(image: SourceImage) -> Dataset | None:
 
 
 def description(analysis: Analysis, method: str, class_index: int) -> str:
-    return (f"{NOT_FOR_DIAGNOSIS}. {method_label(method)} map for class '{analysis.classes[class_index]}' "
+    check = analysis.input_check
+    if check.outside:
+        checked = f" OUTSIDE WHAT THE MODEL WAS MADE FOR: {'; '.join(check.reasons)}."
+    elif check.score is not None:
+        checked = f" Out-of-distribution score {check.score:.1f} (threshold {check.threshold:.1f}): within."
+    else:
+        checked = " No out-of-distribution check for this model."
+    text = (f"{NOT_FOR_DIAGNOSIS}. {method_label(method)} map for class '{analysis.classes[class_index]}' "
             f"(probability {analysis.probabilities[class_index]:.3f}) from model {analysis.model_name} "
-            f"{analysis.model_version} ({analysis.engine} engine), made by {SOFTWARE}.")
+            f"{analysis.model_version} ({analysis.engine} engine), made by {SOFTWARE}.{checked}")
+    return text[:1024]  # DerivationDescription is ST: at most 1024 characters
 
 
 def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | None = None,
@@ -61,7 +69,10 @@ def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | No
                         instance_number: int = 1, pseudonyms: Pseudonymizer | None = None) -> Dataset:
     method, class_index, _ = chosen_map(analysis, method, class_index)
     rgb = explanation_rgb(image, analysis, method, class_index)
-    rgb = caption(rgb, [f"{method_label(method)}: {analysis.classes[class_index]}", NOT_FOR_DIAGNOSIS])
+    lines = [f"{method_label(method)}: {analysis.classes[class_index]}", NOT_FOR_DIAGNOSIS]
+    if analysis.input_check.outside:
+        lines.append("OUTSIDE WHAT THE MODEL WAS MADE FOR")
+    rgb = caption(rgb, lines)
     header = source_header(image)
     now = datetime.now()
 

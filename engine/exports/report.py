@@ -40,6 +40,7 @@ class ReportEntry:
     probabilities: tuple[float, ...]
     uncertainty: dict | None
     uncertainty_note: str
+    input_check: dict  # InputCheck.to_dict(): outside what the model was made for, and why
 
 
 def report_entry(image: SourceImage, analysis: Analysis, method: str | None = None,
@@ -52,7 +53,8 @@ def report_entry(image: SourceImage, analysis: Analysis, method: str | None = No
     label = Path(image.path).name + (f", frame {image.frame + 1}" if image.n_frames > 1 else "")
     return ReportEntry(label, encode_png(np.ascontiguousarray(picture)), method, analysis.classes[index],
                        analysis.classes, tuple(float(p) for p in analysis.probabilities),
-                       analysis.uncertainty.to_dict() if analysis.uncertainty else None, analysis.uncertainty_note)
+                       analysis.uncertainty.to_dict() if analysis.uncertainty else None, analysis.uncertainty_note,
+                       analysis.input_check.to_dict())
 
 
 _CSS = """
@@ -83,7 +85,16 @@ def _entry_html(entry: ReportEntry) -> str:
                        f"{flag}</td></tr><tr><td>Predictive entropy</td><td>{u['predictive_entropy']:.3f} nats</td></tr>"
                        f"<tr><td>Mutual information</td><td>{u['mutual_information']:.3f} nats (the model's own "
                        f"uncertainty)</td></tr><tr><td>MC-dropout samples</td><td>{u['samples']}</td></tr></table>")
-    return (f"<h2>{_e(entry.label)}</h2><img alt='original and {_e(method_label(entry.method))} explanation' "
+    check = entry.input_check
+    if check["outside_intended_use"]:
+        checked = ("<p class='flag'>OUTSIDE WHAT THIS MODEL WAS MADE FOR: " + _e("; ".join(check["reasons"]))
+                   + ". The map explains the model's answer, which means little here.</p>")
+    elif check["ood_score"] is None:
+        checked = f"<p class='muted'>{_e(check['note'])}.</p>"
+    else:
+        checked = (f"<p class='muted'>Within what the model was made for: out-of-distribution score "
+                   f"{check['ood_score']:.1f} (threshold {check['ood_threshold']:.1f}).</p>")
+    return (f"<h2>{_e(entry.label)}</h2>{checked}<img alt='original and {_e(method_label(entry.method))} explanation' "
             f"src='{uri}'><p>Left: the image. Right: the {_e(method_label(entry.method))} map for class "
             f"<b>{_e(entry.class_name)}</b>.</p><table><tr><th>Class</th><th>Probability</th></tr>{rows}</table>"
             f"{uncertainty}")

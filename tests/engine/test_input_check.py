@@ -21,6 +21,7 @@ from engine.intended_inputs import NO_OOD_CHECK, check_inputs
 from engine.ood import OOD_FILE, fit_ood, load_ood, manifest_entry, save_ood
 from engine.resources import DEMO_MODEL, DEMO_STUDIES, ROOT
 from engine.synthetic.phantoms import make_dataset
+from tests.conftest import dciodvfy_errors
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 DEMO_ENGINES = ["torch", "onnx-int8"]
@@ -163,3 +164,22 @@ def test_a_case_is_checked_image_by_image(demo):
     images = [load_image(DEMO_STUDIES / "demo_normal.dcm"), load_image(TEST_FILES / "CT_small.dcm")]
     check = check_inputs(demo.intended_inputs, images, None, None)
     assert check.outside and check.reasons[0].startswith("CT_small.dcm: ") and check.score is None
+
+
+def test_reports_and_dicom_exports_carry_the_verdict(tmp_path):
+    from engine.exports.dicom_export import export_dicom
+    from engine.exports.report import render_report, report_entry
+
+    model = load_model(DEMO_MODEL, "onnx-int8")
+    image = load_image(TEST_FILES / "CT_small.dcm")
+    analysis = analyze(image, model)
+    html = render_report("t", [], [report_entry(image, analysis)], model.bundle, model.engine)
+    assert "OUTSIDE WHAT THIS MODEL WAS MADE FOR: this model was made for chest radiographs" in html
+    inside = analyze(load_image(DEMO_STUDIES / "demo_normal.dcm"), model)
+    html = render_report("t", [], [report_entry(load_image(DEMO_STUDIES / "demo_normal.dcm"), inside)],
+                         model.bundle, model.engine)
+    assert "Within what the model was made for: out-of-distribution score" in html
+    path = export_dicom(tmp_path / "ct-explained.dcm", image, analysis)
+    ds = pydicom.dcmread(path)
+    assert "OUTSIDE WHAT THE MODEL WAS MADE FOR" in ds.ImageComments and len(ds.DerivationDescription) <= 1024
+    assert dciodvfy_errors(path) == []

@@ -517,3 +517,38 @@ def test_class_thumbnails_follow_the_window_once_a_drag_settles(qtbot, analysed)
     qtbot.wait(400)
     after = [b.icon().pixmap(64, 64).toImage() for b in analysed.strip.buttons]
     assert all(a != b for a, b in zip(after, before))
+
+
+def test_an_image_outside_the_models_world_gets_a_banner_and_a_gauge(qtbot, tmp_path, demo_bundle):
+    import pydicom
+
+    window = make_window(qtbot, tmp_path)
+    window.load_model(demo_bundle, "onnx-int8")
+    ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    window.open_paths([ct])
+    wait_for_analysis(qtbot, window)
+    assert window.outside_banner.isVisible()
+    assert "this image is a CT slice" in window.outside_banner.text()
+    assert "features lie far" in window.outside_banner.text()
+    assert window.results.ood.isVisible() and "outside" in window.results.ood.label.text()
+    window.grab().save(str(tmp_path / "outside.png"))
+    # A phantom radiograph of the model's own kind: no banner, the gauge below its threshold.
+    window.open_paths([write_dicom_radiograph(tmp_path / "chest.dcm")])
+    qtbot.waitUntil(lambda: window.session.analysis is not None
+                    and window.session.analysis.source.name == "chest.dcm", timeout=TIMEOUT)
+    assert not window.outside_banner.isVisible()
+    assert window.results.ood.value < window.session.analysis.input_check.threshold
+
+
+def test_a_model_without_statistics_says_it_has_no_check(analysed):
+    assert not analysed.results.ood.isVisible()
+    assert "no out-of-distribution check" in analysed.results.ood_note.text()
+
+
+def write_dicom_radiograph(path: Path) -> Path:
+    import shutil
+
+    from engine import DEMO_STUDIES
+
+    shutil.copy(DEMO_STUDIES / "demo_normal.dcm", path)
+    return path

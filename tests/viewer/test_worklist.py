@@ -246,3 +246,17 @@ def test_closing_the_window_stops_a_running_worklist(qtbot, window, tmp_path):
     assert not window.worklist.running
     assert window.session.runner.wait(TIMEOUT)
 
+
+
+def test_images_outside_the_models_world_come_first_with_their_reasons(qtbot, window, folder):
+    from viewer.worklist_table import OUTSIDE_COLUMN
+
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm", folder / "ct_slice.dcm")
+    panel = run_worklist(qtbot, window, folder)
+    rows = panel.visible_rows()
+    assert rows[0].path.name == "ct_slice.dcm" and rows[0].outside
+    assert not any(r.outside for r in rows[1:]), [r.outside_reasons for r in rows[1:]]
+    assert panel.proxy.index(0, OUTSIDE_COLUMN).data().startswith("⚠ outside")
+    tooltip = panel.proxy.index(0, 2).data(Qt.ItemDataRole.ToolTipRole)
+    assert "this image is a CT slice" in tooltip
+    assert all(panel.proxy.index(i, OUTSIDE_COLUMN).data() != "—" for i in range(len(rows)))  # every score shown
