@@ -25,7 +25,8 @@ those above it (import-linter contracts in pyproject.toml):
 
     cli/         lantern-engine: argument parsing and the subcommands, bench    not shipped
     making/      training, onnx_export (+ its graph rewrites, ONNX graph tools and
-                 verification), quantization: need torch                       not shipped
+                 verification), quantization (+ int8_validation), checkpoint_bundle
+                 (a Hugging Face / timm folder made a bundle): need torch       not shipped
     workflows/   batch (+ batch_record), labels, evaluation (+ _run, _outputs)   shipped
     exports/     overlay, pictures, report, dicom_export, anonymize, figures    shipped
     trust/       faithfulness, sanity, similarity, calibration, temperature    shipped

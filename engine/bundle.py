@@ -39,6 +39,10 @@ ARCHITECTURES = (
 # patches) centre it near s*i + (s-1)/2, which is what a plain image resize assumes. Half a cell is
 # 16 px at /32: enough to move a map's peak off a small lesion.
 MAP_ALIGNMENTS = ("stride", "resize")
+# A Hugging Face or timm classifier kept in its own format ('lantern-engine bundle --from'):
+# "huggingface:<class name>" or "timm:<model name>", with its config.json beside the manifest
+# (engine/checkpoints.py). No default alignment for those: the manifest names its own.
+CHECKPOINT_PREFIXES = ("huggingface:", "timm:")
 _PATCH_ALIGNED = ("densenet", "convnext_", "vit_", "swin_")
 DEFAULT_MAP_ALIGNMENT = {arch: "resize" if arch.startswith(_PATCH_ALIGNED) else "stride" for arch in ARCHITECTURES}
 RESIZE_RULES = ("stretch", "letterbox", "center_crop")
@@ -213,7 +217,10 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
     name = _require(manifest, "name", str, folder)
     model_version = str(manifest.get("version", "0"))
     arch = _require(manifest, "architecture", str, folder)
-    if arch not in ARCHITECTURES:
+    checkpoint = arch.startswith(CHECKPOINT_PREFIXES) and bool(arch.partition(":")[2])
+    if checkpoint and "map_alignment" not in manifest:
+        raise ModelBundleError(f"manifest.json: '{arch}' needs a 'map_alignment' ('bundle --from' writes it)", folder)
+    if arch not in ARCHITECTURES and not checkpoint:
         raise ModelBundleError(
             f"unknown architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})", folder
         )
@@ -233,7 +240,7 @@ def parse_manifest(manifest: dict, folder: Path) -> ModelBundle:
             "convert with 'lantern-engine bundle')",
             folder,
         )
-    alignment = manifest.get("map_alignment", DEFAULT_MAP_ALIGNMENT[arch])
+    alignment = manifest["map_alignment"] if checkpoint else manifest.get("map_alignment", DEFAULT_MAP_ALIGNMENT[arch])
     if alignment not in MAP_ALIGNMENTS:
         raise ModelBundleError(f"map_alignment must be one of {', '.join(MAP_ALIGNMENTS)}", folder)
     onnx = {k: _inside(folder, v, f"onnx model '{k}'") for k, v in (manifest.get("onnx") or {}).items()}

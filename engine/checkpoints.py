@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.bundle import MANIFEST_NAME, HeadSpec, InputSpec, ModelBundle
+from engine.bundle import CHECKPOINT_PREFIXES, MANIFEST_NAME, HeadSpec, InputSpec, ModelBundle
 from engine.errors import ModelBundleError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREPROCESSOR_NAME = "preprocessor_config.json"
-HUGGING_FACE = "huggingface:"  # prefixes of ModelBundle.architecture for a checkpoint folder
-TIMM = "timm:"
+HUGGING_FACE, TIMM = CHECKPOINT_PREFIXES  # prefixes of ModelBundle.architecture for a checkpoint's model
 # A checkpoint says nothing about MC dropout: this much is put on the classifier's input (its
 # parameters keep their names, as LinearWithDropout does), and the model card says so.
 DEFAULT_HEAD_DROPOUT = 0.2
@@ -32,26 +31,49 @@ DEFAULT_HEAD_DROPOUT = 0.2
 INTENSITY = "window"
 
 
+# What a family is, for finding its layers (engine/backends/hub_models.py) and its input size:
+CNN = "cnn"  # feature maps (B, K, h, w); any input size
+VIT = "vit"  # class (+ distillation) token, then patch tokens; one square input size (its position embedding)
+SWIN = "swin"  # patch tokens merged 2 x 2 per stage; any input size (padded to its windows)
+
+
 @dataclass(frozen=True)
 class HubFamily:
     """A Hugging Face classifier Lantern can explain; layer names are found on the built model."""
 
     base: str  # the base model's attribute (``model.base_model_prefix``)
-    transformer: bool  # a ViT: square input of config.image_size, tokens with a class token
+    kind: str  # CNN, VIT or SWIN
     map_alignment: str  # see engine.bundle.MAP_ALIGNMENTS
 
 
 HUGGING_FACE_FAMILIES = {
-    "ConvNextForImageClassification": HubFamily("convnext", False, "resize"),
-    "ConvNextV2ForImageClassification": HubFamily("convnextv2", False, "resize"),
-    "ResNetForImageClassification": HubFamily("resnet", False, "stride"),
-    "ViTForImageClassification": HubFamily("vit", True, "resize"),
+    "ConvNextForImageClassification": HubFamily("convnext", CNN, "resize"),
+    "ConvNextV2ForImageClassification": HubFamily("convnextv2", CNN, "resize"),
+    "ResNetForImageClassification": HubFamily("resnet", CNN, "stride"),
+    "ViTForImageClassification": HubFamily("vit", VIT, "resize"),
+    "DeiTForImageClassification": HubFamily("deit", VIT, "resize"),
+    "SwinForImageClassification": HubFamily("swin", SWIN, "resize"),
+    "Swinv2ForImageClassification": HubFamily("swinv2", SWIN, "resize"),
 }
-# timm CNNs by name prefix. The explained layer and the classifier are timm's own
-# (feature_info, pretrained_cfg["classifier"]); transformers in timm are not taken yet.
-TIMM_ALIGNMENT = {"resnet": "stride", "resnext": "stride", "seresnet": "stride", "wide_resnet": "stride",
-                  "efficientnet": "stride", "mobilenet": "stride", "regnet": "stride",
-                  "convnext": "resize", "densenet": "resize"}
+# Known classifiers Lantern does not open, and why (a plain refusal rather than "unknown").
+HUGGING_FACE_REFUSED = {
+    "DeiTForImageClassificationWithTeacher": (
+        "it has two classifiers (on the class and the distillation token) whose logits it averages, and "
+        "Lantern's Monte-Carlo dropout needs one classifier on one feature vector; fine-tune or save it as "
+        "DeiTForImageClassification"),
+}
+# timm models by name prefix (the first match wins). The explained layer and the classifier are
+# timm's own (feature_info, pretrained_cfg["classifier"]), except a ViT's (hub_models says why).
+TIMM_FAMILIES = {"resnet": (CNN, "stride"), "resnext": (CNN, "stride"), "seresnet": (CNN, "stride"),
+                 "wide_resnet": (CNN, "stride"), "efficientnet": (CNN, "stride"), "mobilenet": (CNN, "stride"),
+                 "regnet": (CNN, "stride"), "convnext": (CNN, "resize"), "densenet": (CNN, "resize"),
+                 "vit_": (VIT, "resize"), "deit_": (VIT, "resize"), "swin_": (SWIN, "resize"),
+                 "swinv2_": (SWIN, "resize")}
+
+
+def timm_family(arch: str) -> tuple[str, str] | None:
+    """(kind, map alignment) of a timm architecture name, or None when Lantern does not open it."""
+    return next((family for prefix, family in TIMM_FAMILIES.items() if arch.startswith(prefix)), None)
 
 
 def is_checkpoint_folder(folder: str | Path) -> bool:
@@ -106,6 +128,8 @@ def _hugging_face(config: dict, folder: Path) -> ModelBundle:
     names = config["architectures"]
     arch = names[0] if len(names) == 1 else None
     family = HUGGING_FACE_FAMILIES.get(arch)
+    if arch in HUGGING_FACE_REFUSED:
+        raise ModelBundleError(f"config.json: Lantern does not open a {arch}: {HUGGING_FACE_REFUSED[arch]}", folder)
     if family is None:
         raise ModelBundleError(
             f"config.json: unknown architecture {', '.join(map(str, names))} (Lantern opens "
@@ -123,7 +147,7 @@ def _hugging_face(config: dict, folder: Path) -> ModelBundle:
     channels = config.get("num_channels", 3)
     processor = _read_json(folder, PREPROCESSOR_NAME)
     size, resize, crop = _hugging_face_geometry(processor, folder)
-    if family.transformer:
+    if family.kind == VIT:
         side = config.get("image_size")
         side = tuple(side) if isinstance(side, list) else (side, side)
         if size != side:
@@ -215,10 +239,11 @@ def _input_spec(channels: Any, size: tuple, resize: str, mean: list, std: list, 
 
 def _timm(config: dict, folder: Path) -> ModelBundle:
     arch = config["architecture"]
-    alignment = next((a for prefix, a in TIMM_ALIGNMENT.items() if arch.startswith(prefix)), None)
-    if alignment is None:
-        raise ModelBundleError(f"config.json: unknown architecture '{arch}' (Lantern opens timm CNNs whose "
-                               f"names start with {', '.join(TIMM_ALIGNMENT)})", folder)
+    family = timm_family(arch)
+    if family is None:
+        raise ModelBundleError(f"config.json: unknown architecture '{arch}' (Lantern opens timm models whose "
+                               f"names start with {', '.join(TIMM_FAMILIES)})", folder)
+    alignment = family[1]
     labels = config.get("label_names")
     if not isinstance(labels, list):
         raise ModelBundleError("config.json has no 'label_names': the class names are needed", folder)
@@ -246,12 +271,22 @@ def _timm(config: dict, folder: Path) -> ModelBundle:
     return _bundle(folder, TIMM + arch, classes, spec, alignment, "timm", cfg.get("hf_hub_id") or "")
 
 
+def checkpoint_summary(how: str, dropout: float) -> str:
+    """The model card's summary of a checkpoint's model: ``how`` it came to Lantern, then what
+    Lantern added to it."""
+    return (f"{how} Monte-Carlo dropout uses p = {dropout} on the classifier's input, added by Lantern: the "
+            "checkpoint says nothing about it. Resizing interpolates as Lantern does (area / bilinear), which may "
+            "differ slightly from the library's own.")
+
+
+def library_name(architecture: str) -> str:
+    return "Hugging Face" if architecture.startswith(HUGGING_FACE) else "timm"
+
+
 def _bundle(folder: Path, architecture: str, classes: tuple[str, ...], spec: InputSpec, alignment: str,
             library: str, origin: str) -> ModelBundle:
-    notes = (f"Opened from a {library} checkpoint folder as it is (no manifest.json). Monte-Carlo dropout "
-             f"uses p = {DEFAULT_HEAD_DROPOUT} on the classifier's input, added by Lantern: the checkpoint "
-             "says nothing about it. Resizing interpolates as Lantern does (area / bilinear), which may "
-             "differ slightly from the library's own.")
+    notes = checkpoint_summary(f"Opened from a {library} checkpoint folder as it is (no manifest.json).",
+                               DEFAULT_HEAD_DROPOUT)
     return ModelBundle(
         folder=folder,
         name=folder.resolve().name,

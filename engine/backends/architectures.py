@@ -30,8 +30,9 @@ class LinearWithDropout(nn.Linear):
 
 
 # How the explained layer lays out its features, when not as (B, K, h, w) like a CNN's:
-CLASS_TOKEN = "class_token"  # ViT: (B, 1 + h*w, K), a class token and then the patches row by row
-CHANNELS_LAST = "channels_last"  # Swin: (B, h, w, K)
+CLASS_TOKEN = "class_token"  # ViT: (B, n + h*w, K), n class/distillation/register tokens, then patches row by row
+CHANNELS_LAST = "channels_last"  # Swin (torchvision, timm): (B, h, w, K)
+PATCH_TOKENS = "patch_tokens"  # Swin (Hugging Face): (B, h*w, K), patches row by row, merged 2 x 2 per stage
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ArchitectureInfo:
     final_linear: str  # gets the bundle's dropout
     head: str  # the module whose input is the pooled feature vector (MC dropout runs it)
     target_layer: str  # default layer to explain: the last block whose every position feeds the head
-    tokens: str | None = None  # CLASS_TOKEN or CHANNELS_LAST: turned into a grid before any CAM rule
+    tokens: str | None = None  # CLASS_TOKEN, CHANNELS_LAST or PATCH_TOKENS: made a grid before any CAM rule
 
 
 def _vit(depth: int) -> ArchitectureInfo:
@@ -77,19 +78,36 @@ def _family_rule(name: str) -> ArchitectureInfo:
 ARCHITECTURES: dict[str, ArchitectureInfo] = {name: _family_rule(name) for name in BUNDLE_ARCHITECTURES}
 
 
+def merged_grid(patches: tuple[int, int], tokens: int) -> tuple[int, int]:
+    """The grid of ``tokens`` patch tokens after Swin's patch merging: the patch grid halved
+    (rounding up: a stage pads an odd side) until it has that many cells."""
+    h, w = patches
+    while h * w > tokens and (h, w) != (1, 1):
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != tokens:
+        raise ModelBundleError(f"{tokens} tokens do not lie on the {patches[0]} x {patches[1]} patch grid "
+                               "or a merged (halved) one")
+    return h, w
+
+
 def to_grid(activation: torch.Tensor, gradients: torch.Tensor, tokens: str | None,
             grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The explained layer's activation (B, ...) and all-class gradients (C, B, ...) laid out as
     (B, K, h, w) and (C, B, K, h, w), the layout every CAM rule and map warp expects. ``grid``:
-    (h, w) of a ViT's patch layout.
+    (h, w) of the model's patch layout (input size over the patch projection's stride).
 
-    A ViT's class token (and any register token before the patches) is dropped: it sits nowhere
-    on the image. A ViT layer already on a grid (its patch convolution) passes unchanged."""
+    The one place tokens become a grid: the PyTorch engine calls it after its backward, and the
+    ONNX export puts the same call into the explain graph. A ViT's class token (and any
+    distillation or register token before the patches) is dropped: it sits nowhere on the image.
+    A layer already on a grid (a ViT's patch convolution) passes unchanged."""
     if tokens == CHANNELS_LAST:
         return activation.movedim(-1, -3), gradients.movedim(-1, -3)
     if tokens == CLASS_TOKEN and activation.dim() == 3:
         first_patch = activation.shape[1] - grid[0] * grid[1]
         return tuple(t[..., first_patch:, :].unflatten(-2, grid).movedim(-1, -3) for t in (activation, gradients))
+    if tokens == PATCH_TOKENS and activation.dim() == 3:
+        cells = merged_grid(grid, activation.shape[1])
+        return tuple(t.unflatten(-2, cells).movedim(-1, -3) for t in (activation, gradients))
     return activation, gradients
 
 

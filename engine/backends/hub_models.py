@@ -14,9 +14,10 @@ import os
 
 from torch import nn
 
-from engine.backends.architectures import CLASS_TOKEN, ArchitectureInfo, LinearWithDropout
+from engine.backends.architectures import (
+    CHANNELS_LAST, CLASS_TOKEN, PATCH_TOKENS, ArchitectureInfo, LinearWithDropout)
 from engine.bundle import ModelBundle
-from engine.checkpoints import HUGGING_FACE, HUGGING_FACE_FAMILIES, TIMM
+from engine.checkpoints import CNN, HUGGING_FACE, HUGGING_FACE_FAMILIES, SWIN, TIMM, VIT, timm_family
 from engine.errors import EngineUnavailableError, ModelBundleError
 
 _INSTALL_HINT = "install Lantern's 'hub' extra (pip install 'lantern[hub]')"
@@ -55,17 +56,49 @@ def checkpoint_layers(bundle: ModelBundle, model: nn.Module) -> ArchitectureInfo
     library versions, e.g. transformers' ``vit.encoder.layer.N`` became ``vit.layers.N``)."""
     names = [name for name, _ in model.named_modules()]
     if bundle.architecture.startswith(TIMM):
-        classifier = model.pretrained_cfg["classifier"]
-        return ArchitectureInfo("", classifier, classifier, model.feature_info[-1]["module"])
-    family = HUGGING_FACE_FAMILIES[bundle.architecture.removeprefix(HUGGING_FACE)]
+        kind, classifier = _timm_kind(bundle), _timm_classifier(bundle, model)
+        if kind == VIT:
+            # The last block's first norm, as for torchvision's ViT (architectures._vit says why).
+            target = [n for n in names if n.startswith("blocks.") and n.endswith(".norm1")][-1]
+            return ArchitectureInfo("patch_embed.proj", classifier, classifier, target, CLASS_TOKEN)
+        target = model.feature_info[-1]["module"]
+        if kind == SWIN:  # its stages give (B, h, w, K)
+            return ArchitectureInfo("patch_embed.proj", classifier, classifier, target, CHANNELS_LAST)
+        return ArchitectureInfo("", classifier, classifier, target)
+    family = HUGGING_FACE_FAMILIES.get(bundle.architecture.removeprefix(HUGGING_FACE))
+    if family is None:
+        raise ModelBundleError(f"unknown Hugging Face architecture '{bundle.architecture.removeprefix(HUGGING_FACE)}' "
+                               f"(Lantern opens {', '.join(HUGGING_FACE_FAMILIES)})", bundle.folder)
     final = [n for n in names if n.startswith("classifier") and isinstance(model.get_submodule(n), nn.Linear)]
-    if family.transformer:
-        # The last block's first norm, as for torchvision's ViT (architectures._vit says why).
-        target = [n for n in names if n.endswith("layernorm_before")][-1]
-        patches = [n for n in names if n.endswith("patch_embeddings.projection")][0]
-        return ArchitectureInfo(patches, final[-1], "classifier", target, CLASS_TOKEN)
-    stages = f"{family.base}.encoder.stages"
-    return ArchitectureInfo("", final[-1], "classifier", f"{stages}.{len(model.get_submodule(stages)) - 1}")
+    if family.kind == CNN:
+        stages = f"{family.base}.encoder.stages"
+        return ArchitectureInfo("", final[-1], "classifier", f"{stages}.{len(model.get_submodule(stages)) - 1}")
+    patches = [n for n in names if n.endswith("patch_embeddings.projection")][0]
+    if family.kind == SWIN:
+        # The final norm: its tokens all reach the pooled head (the stages' blocks return tuples,
+        # which a hook cannot hand on).
+        return ArchitectureInfo(patches, final[-1], "classifier", f"{family.base}.layernorm", PATCH_TOKENS)
+    # A ViT or DeiT: the last block's first norm, as for torchvision's ViT (architectures._vit says why).
+    target = [n for n in names if n.endswith("layernorm_before")][-1]
+    return ArchitectureInfo(patches, final[-1], "classifier", target, CLASS_TOKEN)
+
+
+def _timm_classifier(bundle: ModelBundle, model: nn.Module) -> str:
+    classifier = model.pretrained_cfg["classifier"]
+    if not isinstance(classifier, str):
+        # timm's distilled DeiT: a class-token head and a distillation-token head, averaged.
+        raise ModelBundleError(f"Lantern does not open a timm '{bundle.architecture.removeprefix(TIMM)}': it has "
+                               f"{len(classifier)} classifiers ({', '.join(classifier)}) whose logits it averages, "
+                               "and Lantern's Monte-Carlo dropout needs one classifier on one feature vector",
+                               bundle.folder)
+    return classifier
+
+
+def _timm_kind(bundle: ModelBundle) -> str:
+    family = timm_family(bundle.architecture.removeprefix(TIMM))
+    if family is None:
+        raise ModelBundleError(f"unknown timm architecture '{bundle.architecture.removeprefix(TIMM)}'", bundle.folder)
+    return family[0]
 
 
 def _logits_only(_module: nn.Module, _inputs, output):
@@ -88,6 +121,10 @@ def _hugging_face_model(bundle: ModelBundle) -> nn.Module:
         raise ModelBundleError(f"the Hugging Face checkpoint could not be loaded: {exc}", bundle.folder) from exc
     _refuse_partial(bundle, sorted(loading.get("missing_keys") or ()), sorted(loading.get("unexpected_keys") or ()),
                     [str(k) for k in loading.get("mismatched_keys") or ()])
+    built = type(model).__name__
+    if HUGGING_FACE + built != bundle.architecture:  # a manifest naming another model than config.json
+        raise ModelBundleError(f"config.json describes a {built}, but manifest.json's 'architecture' is "
+                               f"'{bundle.architecture}'", bundle.folder)
     model.register_forward_hook(_logits_only)
     return model
 
@@ -108,11 +145,18 @@ def _timm_model(bundle: ModelBundle) -> nn.Module:
                                   in_chans=bundle.input.channels, **args)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ModelBundleError(f"timm could not build a '{arch}': {exc}", bundle.folder) from exc
+    patches = getattr(model, "patch_embed", None)
+    side = getattr(patches, "img_size", None)
+    if side is not None and getattr(patches, "strict_img_size", True) and tuple(side) != tuple(bundle.input.size):
+        # A ViT's position embedding (a Swin's attention masks) are sized for one input.
+        raise ModelBundleError(f"config.json: 'pretrained_cfg.input_size' {bundle.input.size[0]} x "
+                               f"{bundle.input.size[1]} differs from the model's img_size {side[0]} x {side[1]}, "
+                               "the only size it takes", bundle.folder)
     try:
         state = load_file(str(bundle.weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelBundleError(f"the weights file could not be read as safetensors: {exc}", bundle.folder) from exc
-    classifier = state.get(model.pretrained_cfg["classifier"] + ".weight")
+    classifier = state.get(_timm_classifier(bundle, model) + ".weight")
     if classifier is not None and classifier.shape[0] != bundle.num_classes:
         raise ModelBundleError(f"config.json's 'label_names' lists {bundle.num_classes} classes; the weights' "
                                f"classifier has {classifier.shape[0]}", bundle.folder)

@@ -56,14 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_batch_parser(sub)
 
-    p = sub.add_parser("bundle", help="wrap a trained torchvision state dict into a model bundle")
-    p.add_argument("--arch", required=True, help="a torchvision classifier: resnet18/34/50/101/152, resnext*, "
+    p = sub.add_parser("bundle", help="wrap a trained torchvision state dict, or a Hugging Face or timm checkpoint "
+                       "folder (--from), into a model bundle")
+    p.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR",
+                   help="a Hugging Face or timm checkpoint folder (config.json + model.safetensors): the bundle keeps "
+                   "its files, takes classes, input size and preprocessing from it, and is exported to ONNX "
+                   "(instead of --arch, --weights, --classes and the input options)")
+    p.add_argument("--no-export", action="store_true", help="with --from: do not export to ONNX")
+    p.add_argument("--arch", help="a torchvision classifier: resnet18/34/50/101/152, resnext*, "
                    "wide_resnet*, densenet121/161/169/201, efficientnet_b0..b7, efficientnet_v2_s/m/l, "
                    "convnext_tiny/small/base/large, mobilenet_v2, mobilenet_v3_small/large, regnet_x_*, "
                    "regnet_y_*, vit_b_16/b_32/l_16/l_32/h_14, swin_t/s/b, swin_v2_t/s/b (docs/model-bundle.md "
                    "lists them all)")
-    p.add_argument("--weights", type=Path, required=True, help=".safetensors, or a .pt/.pth state dict")
-    p.add_argument("--classes", required=True, help="comma-separated class names, in output order")
+    p.add_argument("--weights", type=Path, help=".safetensors, or a .pt/.pth state dict")
+    p.add_argument("--classes", help="comma-separated class names, in output order")
     p.add_argument("--out", type=Path, required=True, help="new bundle folder")
     p.add_argument("--name")
     p.add_argument("--version", default="1.0.0")
@@ -121,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bundle_from(args: argparse.Namespace) -> int:
+    """``bundle --from DIR``: everything but the name, dropout and explained layer comes from the
+    checkpoint, so the torchvision options are refused rather than silently ignored."""
+    from engine.making.checkpoint_bundle import bundle_from_checkpoint
+
+    defaults = build_parser().parse_args(["bundle", "--from", ".", "--out", "."])
+    given = [name for name in ("arch", "weights", "classes", "channels", "size", "resize", "intensity",
+                               "normalization") if getattr(args, name) != getattr(defaults, name)]
+    if given:
+        raise LanternError(f"with --from, the architecture, classes, weights and input come from the checkpoint's "
+                           f"own files; leave out {', '.join('--' + name for name in given)}")
+    bundle_from_checkpoint(args.source, args.out, name=args.name, version=args.version, dropout=args.dropout,
+                           target_layer=args.target_layer, intended_use=args.intended_use,
+                           export=not args.no_export, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -133,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return batch_command(args)
         if args.command == "bundle":
+            if args.source is not None:
+                return _bundle_from(args)
+            if not (args.arch and args.weights and args.classes):
+                raise LanternError("bundle needs --arch, --weights and --classes (a torchvision state dict), "
+                                   "or --from DIR (a Hugging Face or timm checkpoint folder)")
             from engine.cli.commands import bundle_command
 
             return bundle_command(args)

@@ -6,7 +6,10 @@
                    traced gradient in ops ONNX has), onnx_graph (the gradients behind an If, and
                    the graph surgery quantization shares), export_verification (against PyTorch
                    on held-out phantoms)
-    quantization   static INT8 of that graph, validated against fp32
+    quantization   static INT8 of that graph (int8_weights: each weight once, as int8, also for
+                   the gradient part), validated against fp32 (int8_validation)
+    checkpoint_bundle  a Hugging Face or timm checkpoint folder made a bundle, then exported
+                   (``lantern-engine bundle --from``)
 
 Nothing outside engine.cli imports this package (an import-linter contract in pyproject.toml).
 """

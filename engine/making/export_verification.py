@@ -146,9 +146,11 @@ def verify_export(bundle: ModelBundle, reference, model_bytes: bytes, head_bytes
         max_err = max(max_err, float(np.abs(batched - want).max()))
     if not max_err <= logit_tolerance:
         problems.append(f"logits differ from PyTorch by up to {max_err:.3g} (limit {logit_tolerance:g})")
+    layer = reference.target_names[0]
     for method, r in corr.items():
         if not r >= map_threshold:
-            problems.append(f"{method} maps correlate only {r:.5f} with PyTorch's (limit {map_threshold})")
+            problems.append(f"{method} maps of the explained layer '{layer}' correlate only {r:.5f} with PyTorch's "
+                            f"(limit {map_threshold})")
     if head_bytes is not None and not head_err <= logit_tolerance:
         problems.append(f"the MC-dropout head differs from PyTorch by up to {head_err:.3g}")
     return Verification(n, max_err, corr, head_err, logit_tolerance, map_threshold, problems)

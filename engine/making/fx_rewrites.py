@@ -11,6 +11,7 @@ Design notes: ``docs/onnx-engine.md``.
 from __future__ import annotations
 
 import operator
+from contextlib import contextmanager
 
 from engine.errors import ModelBundleError
 
@@ -146,6 +147,21 @@ def merge_per_class_convolutions(gm) -> int:
     gm.graph.lint()
     gm.recompile()
     return merged
+
+
+@contextmanager
+def traceable_attention():
+    """Trace scaled-dot-product attention as its plain math (matmul, softmax, matmul).
+
+    On the CPU, ``F.scaled_dot_product_attention`` dispatches to a fused flash-attention kernel
+    whose backward (``_scaled_dot_product_flash_attention_for_cpu_backward``) has no ONNX form
+    and no decomposition. Its math version is built from ops whose backward does (bmm, softmax's
+    backward, which the core-aten decompositions turn into mul/sum/sub). Same result up to
+    float rounding, which export verification measures."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
 
 
 def fold_batch_norms(model):

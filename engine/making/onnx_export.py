@@ -4,7 +4,8 @@ Two files go into the bundle (design notes in ``docs/onnx-engine.md``):
 
 ``model.onnx`` (the *explain graph*)
     inputs  ``input`` (B, C_in, h, w) float32, dynamic batch; ``with_gradients`` bool scalar
-    outputs ``logits`` (B, C), ``activations`` (B, K, h', w') of the explained layer,
+    outputs ``logits`` (B, C), ``activations`` (B, K, h', w') of the explained layer (a
+            transformer's tokens laid out on the patch grid, by the PyTorch engine's own rule),
             ``head_input`` (B, F...) the features entering the dropout head, and
             ``gradients`` (C, 1, K, h', w'): d logit_c / d activations of the batch's FIRST
             image for every class c, computed inside the graph.
@@ -93,33 +94,34 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
     graph is refused."""
     import torch
 
-    from engine.backends.architectures import ARCHITECTURES, build_model, load_weights
     from engine.backends.torch_backend import TorchBackend
 
     if is_checkpoint_folder(folder):
-        raise ModelBundleError("ONNX export does not take a Hugging Face or timm checkpoint folder yet; "
-                               "it opens as it is on the PyTorch engine", Path(folder))
+        # The graphs are recorded in a manifest, which a checkpoint folder does not have.
+        raise ModelBundleError("ONNX export takes a model bundle, not a Hugging Face or timm checkpoint folder; "
+                               "make one first with 'lantern-engine bundle --from FOLDER --out BUNDLE'", Path(folder))
     bundle = load_bundle(folder)
     if bundle.weights is None:
         raise ModelBundleError("export needs the bundle's safetensors weights", bundle.folder)
-    if ARCHITECTURES[bundle.architecture].tokens:
-        # The graph's outputs and the ONNX engine assume (B, K, h, w) features; tokens would
-        # need the same grid step in both, which is not written yet.
-        raise ModelBundleError(f"ONNX export does not support vision transformers yet ({bundle.architecture}); "
-                               f"this bundle runs on the PyTorch engine", bundle.folder)
-    model = build_model(bundle)
-    load_weights(model, bundle)
-    reference = TorchBackend(bundle, model)
+    if bundle.multi_input:  # the explain graph has one input and one explained layer
+        raise ModelBundleError("ONNX export of a multi-input model is not written yet; it runs on the PyTorch "
+                               "engine", bundle.folder)
+    reference = TorchBackend(bundle)  # the model exactly as the PyTorch engine runs it
     log("tracing the model and its all-class gradient ...")
-    explain, head, act_shape, head_shape, mask_shapes, probabilities = build_modules(bundle, model)
+    explain, head, act_shape, head_shape, mask_shapes, probabilities = build_modules(bundle, reference)
     channels, (height, width) = bundle.input.channels, bundle.input.size
     example = torch.zeros(2, channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=4096)
     log("exporting the explain graph ...")
-    proto = _export_bytes(explain, (example,), [INPUT], OUTPUTS, {"x": {0: batch}})
+    try:
+        proto = _export_bytes(explain, (example,), [INPUT], OUTPUTS, {"x": {0: batch}})
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; its message names the op
+        gist = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
+        raise ExportRefused(f"torch.onnx.export could not write the explain graph (an operator without an ONNX "
+                            f"form?), nothing was written: {type(exc).__name__}: {gist}", bundle.folder) from exc
     proto = split_gradient_branch(proto, bundle.num_classes, tuple(act_shape))
     set_metadata(proto, graph="explain", architecture=bundle.architecture, classes=list(bundle.classes),
-                 target_layer=bundle.target_layer or "", outputs=list(OUTPUTS),
+                 target_layer=reference.target_names[0], outputs=list(OUTPUTS),
                  gradients="d logits[c] / d activations of image 0, shape (C, 1, K, h, w)")
     model_bytes = proto.SerializeToString()
     head_bytes = None

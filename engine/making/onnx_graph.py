@@ -169,6 +169,28 @@ def flatten_gradient_branch(proto):
     return proto
 
 
+def fold_weight_transposes(graph) -> int:
+    """Replace each Transpose of an initializer (the exporter leaves those of large weights: a
+    transformer's linear layers read W as Transpose(W)) by the transposed initializer, so the
+    quantizer sees a weight (per-channel int8) where it would otherwise see an activation
+    (per-tensor, calibrated) and keep W in fp32 besides. onnxruntime folds these when a session
+    opens anyway; the file does not grow (W goes when nothing else reads it). Returns how many."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    folded = [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits]
+    for node in folded:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(inits[node.input[0]])
+        graph.initializer.append(numpy_helper.from_array(
+            weight.transpose(perm) if perm else weight.T, node.output[0]))
+        graph.node.remove(node)
+    still_read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for name in {node.input[0] for node in folded} - still_read:
+        graph.initializer.remove(inits[name])
+    return len(folded)
+
+
 def set_metadata(proto, **values: Any) -> None:
     """Record ``values`` in the file's metadata as ``lantern.<key>`` (non-strings as JSON)."""
     for key, value in values.items():

@@ -137,6 +137,25 @@ def test_tokens_are_laid_out_row_by_row_without_the_class_token():
     assert activation[0, 4, 1, 2] == swin[0, 1, 2, 4]
 
 
+def test_distillation_and_register_tokens_are_dropped_and_merged_patches_find_their_grid():
+    from engine.backends.architectures import CLASS_TOKEN, PATCH_TOKENS, merged_grid, to_grid
+    from engine.errors import ModelBundleError
+
+    # DeiT: class and distillation token, then 2 x 3 patches.
+    tokens = torch.arange(2 + 6, dtype=torch.float32)[None, :, None].expand(1, 8, 4)
+    activation, _ = to_grid(tokens, tokens[None], CLASS_TOKEN, (2, 3))
+    np.testing.assert_array_equal(activation[0, 0].numpy(), [[2, 3, 4], [5, 6, 7]])
+    # Hugging Face Swin: (B, h*w, K) tokens, no class token, after patch merging: a 7 x 10 patch
+    # grid merged twice is 2 x 3 (each merge pads an odd side).
+    assert merged_grid((7, 10), 6) == (2, 3) and merged_grid((7, 10), 70) == (7, 10)
+    swin = torch.arange(6, dtype=torch.float32)[None, :, None].expand(1, 6, 4)
+    activation, grads = to_grid(swin, swin[None].expand(3, 1, 6, 4), PATCH_TOKENS, (7, 10))
+    assert activation.shape == (1, 4, 2, 3) and grads.shape == (3, 1, 4, 2, 3)
+    np.testing.assert_array_equal(activation[0, 1].numpy(), [[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ModelBundleError, match="5 tokens do not lie on the 7 x 10 patch grid"):
+        merged_grid((7, 10), 5)
+
+
 def transformer(name: str, tmp_path) -> tuple[LoadedModel, tuple[int, int]]:
     if name == "tiny_vit":
         return tiny_vit_model(tmp_path), (4, 4)  # 32 px in patches of 8

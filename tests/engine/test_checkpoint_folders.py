@@ -87,6 +87,67 @@ def _timm_convnext(folder: Path) -> Path:
     return _timm_resnet(folder, "convnext_atto")
 
 
+# -- transformers: tiny configurations (one block per stage, a few channels), random weights --------
+
+def _deit(folder: Path, version: str = "DeiTForImageClassification") -> Path:
+    """Class and distillation tokens before 4 x 4 patches (32 px in patches of 8)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = transformers.DeiTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                     image_size=32, patch_size=8, num_labels=3, id2label=ID2LABEL)
+    getattr(transformers, version)(config).save_pretrained(folder, safe_serialization=True)
+    _processor(folder, image_processor_type="ViTImageProcessor", size={"height": 32, "width": 32})
+    return folder
+
+
+def _swin(folder: Path, version: str = "Swin") -> Path:
+    """64 px in patches of 4 (16 x 16), merged once: 8 x 8 tokens at the final norm."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{version}Config")(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                       num_heads=[1, 2], window_size=4, num_labels=3,
+                                                       id2label=ID2LABEL)
+    getattr(transformers, f"{version}ForImageClassification")(config).save_pretrained(folder, safe_serialization=True)
+    _processor(folder, image_processor_type="ViTImageProcessor", size={"height": 64, "width": 64})
+    return folder
+
+
+def _swinv2(folder: Path) -> Path:
+    return _swin(folder, "Swinv2")
+
+
+def _timm_model(folder: Path, arch: str, size: int, **args) -> Path:
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=3, **args)
+    save_for_hf(model, str(folder), model_config={"label_names": list(CLASSES)}, safe_serialization=True,
+                data_config={"input_size": (3, size, size), "crop_pct": 1.0})
+    return folder
+
+
+def _timm_vit(folder: Path) -> Path:
+    """A class token and two register tokens before 4 x 4 patches."""
+    return _timm_model(folder, "vit_tiny_patch16_224", 32, img_size=32, patch_size=8, embed_dim=16, depth=2,
+                       num_heads=2, reg_tokens=2)
+
+
+def _timm_deit(folder: Path) -> Path:
+    return _timm_model(folder, "deit_tiny_patch16_224", 32, img_size=32, patch_size=8, embed_dim=16, depth=2,
+                       num_heads=2)
+
+
+def _timm_swin(folder: Path, arch: str = "swin_tiny_patch4_window7_224") -> Path:
+    """(B, h, w, K) stages: 64 px in patches of 4, merged once (8 x 8)."""
+    return _timm_model(folder, arch, 64, img_size=64, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=4)
+
+
+def _timm_swinv2(folder: Path) -> Path:
+    return _timm_swin(folder, "swinv2_tiny_window8_256")
+
+
 def _analyse(folder: Path):
     model = engine.load_model(folder, "torch")
     image = engine.load_image(engine.DEMO_STUDIES / "demo_nodule.png")
@@ -100,7 +161,15 @@ def _analyse(folder: Path):
     (_vit, (4, 4), "stretch"),  # 32 px in 8 px patches, the class token dropped
     (_timm_resnet, (2, 2), "center_crop"),  # 64 px at stride 32
     (_timm_convnext, (2, 2), "center_crop"),
-], ids=["hf-convnextv2", "hf-convnext", "hf-resnet", "hf-vit", "timm-resnet18", "timm-convnext_atto"])
+    (_deit, (4, 4), "stretch"),  # the class and the distillation token dropped
+    (_swin, (8, 8), "stretch"),  # (B, h*w, K) tokens of the final norm, on the once-merged grid
+    (_swinv2, (8, 8), "stretch"),
+    (_timm_vit, (4, 4), "center_crop"),  # the class and two register tokens dropped
+    (_timm_deit, (4, 4), "center_crop"),
+    (_timm_swin, (8, 8), "center_crop"),  # (B, h, w, K)
+    (_timm_swinv2, (8, 8), "center_crop"),
+], ids=["hf-convnextv2", "hf-convnext", "hf-resnet", "hf-vit", "timm-resnet18", "timm-convnext_atto", "hf-deit",
+        "hf-swin", "hf-swinv2", "timm-vit", "timm-deit", "timm-swin", "timm-swinv2"])
 def test_checkpoint_folder_opens_and_explains_offline(tmp_path, no_network, make, grid, resize):
     folder = make(tmp_path / "checkpoint")
     model, analysis = _analyse(folder)
@@ -139,10 +208,18 @@ def _edit_config(**fields):
     return change
 
 
+def _edit_pretrained_cfg(**fields):
+    def change(folder: Path):
+        config = json.loads((folder / "config.json").read_text())
+        config["pretrained_cfg"].update(fields)
+        (folder / "config.json").write_text(json.dumps(config))
+    return change
+
+
 @pytest.mark.parametrize("make, change, words", [
     (_convnext_v2, lambda f: (f / "config.json").write_text("{not json"), "config.json could not be read"),
     (_convnext_v2, _edit_config(architectures=["BeitForImageClassification"]), "unknown architecture Beit"),
-    (_timm_resnet, _edit_config(architecture="vit_tiny_patch16_224"), "unknown architecture 'vit_tiny"),
+    (_timm_resnet, _edit_config(architecture="beit_base_patch16_224"), "unknown architecture 'beit_base"),
     (_convnext_v2, lambda f: (f / "model.safetensors").unlink(), "'model.safetensors' is missing"),
     (_timm_resnet, lambda f: (f / "model.safetensors").unlink(), "'model.safetensors' is missing"),
     (_convnext_v2, _edit_config(id2label={"0": "a", "1": "b"}), "lists 2 classes; the weights' classifier has 3"),
@@ -152,8 +229,14 @@ def _edit_config(**fields):
     (_convnext_v2, lambda f: _processor(f, image_processor_type="ConvNextImageProcessor",
                                         size={"shortest_edge": 64}, crop_pct=0.4), "keeping 0.4 of the image"),
     (_vit, lambda f: _processor(f, size={"height": 48, "width": 48}), "'image_size' 32 x 32"),
+    (lambda f: _deit(f, "DeiTForImageClassificationWithTeacher"), lambda f: None,
+     "does not open a DeiTForImageClassificationWithTeacher: it has two classifiers"),
+    (lambda f: _timm_model(f, "deit_tiny_distilled_patch16_224", 32, img_size=32, patch_size=8, embed_dim=16, depth=1,
+                           num_heads=2), lambda f: None, "2 classifiers (head, head_dist) whose logits it averages"),
+    (_timm_vit, _edit_pretrained_cfg(input_size=[3, 64, 64]), "differs from the model's img_size 32 x 32"),
 ], ids=["broken-json", "unknown-hf", "unknown-timm", "no-weights-hf", "no-weights-timm", "labels-hf", "labels-timm",
-        "weights-do-not-fit", "no-processor", "crop-pct", "vit-size"])
+        "weights-do-not-fit", "no-processor", "crop-pct", "vit-size", "deit-with-teacher", "timm-distilled-deit",
+        "timm-vit-size"])
 def test_refusals_say_what_is_wrong(tmp_path, no_network, make, change, words):
     assert words in _refusal(tmp_path, make, change)
 
@@ -177,3 +260,38 @@ def test_the_usual_crop_pct_opens_with_that_crop(tmp_path, no_network):
         geometry = analysis.model_input.geometry
         covered = geometry.input_shape[1] / geometry.to_input[0, 0]  # source pixels across the input
         assert covered == pytest.approx(share * min(geometry.source_shape), rel=0.02)
+
+
+@pytest.mark.parametrize("make, layer", [
+    (_vit, r"vit\.(encoder\.layer|layers)\.1\.layernorm_before"),
+    (_deit, r"deit\.(encoder\.layer|layers)\.1\.layernorm_before"),
+    (_swin, r"swin\.layernorm"),
+    (_swinv2, r"swinv2\.layernorm"),
+    (_timm_vit, r"blocks\.1\.norm1"),
+    (_timm_swin, r"layers\.1"),
+], ids=["hf-vit", "hf-deit", "hf-swin", "hf-swinv2", "timm-vit", "timm-swin"])
+def test_transformers_explain_their_default_layer(tmp_path, make, layer):
+    """A ViT-like's last block's first norm (of its output only the class token reaches the head);
+    a Swin's last stage, whose every token is pooled into the head."""
+    import re
+
+    model, analysis = _analyse(make(tmp_path / "checkpoint"))
+    assert re.fullmatch(layer, model.backend.target_names[0])
+    # Gradients reached the explained tokens: some method finds evidence for the predicted class.
+    assert max(maps.grid[analysis.predicted].max() for maps in analysis.maps.values()) > 0
+
+
+def test_a_centre_cropped_transformer_maps_only_what_it_saw(tmp_path, no_network):
+    """DeiT behind a resize to 40 and a 32 px centre crop: the map covers the middle 80 % of the
+    image and is zero on the strips the model never saw."""
+    folder = _deit(tmp_path / "deit")
+    _processor(folder, image_processor_type="ViTImageProcessor", size={"shortest_edge": 40}, do_center_crop=True,
+               crop_size={"height": 32, "width": 32})
+    model, analysis = _analyse(folder)
+    assert (model.bundle.input.resize, model.bundle.input.crop) == ("center_crop", pytest.approx(0.8))
+    maps = next(iter(analysis.maps.values()))
+    shown = maps.source_map(analysis.predicted)
+    height, width = shown.shape  # demo_nodule.png is square: 10 % of each side is cropped off
+    assert not shown[:, : int(0.09 * width)].any() and not shown[:, int(0.91 * width):].any()
+    assert not shown[: int(0.09 * height)].any() and not shown[int(0.91 * height):].any()
+    assert shown[int(0.12 * height): int(0.88 * height), int(0.12 * width): int(0.88 * width)].max() > 0

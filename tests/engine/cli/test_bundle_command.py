@@ -59,3 +59,22 @@ def test_weights_of_another_architecture_leave_no_bundle_behind(tmp_path):
     code = main(["bundle", "--arch", "resnet50", "--weights", str(weights), "--classes", "a,b,c", "--out", str(out)])
     assert code == 2
     assert not (out / "manifest.json").exists() and not (out / "model.safetensors").exists()
+
+
+def test_bundle_needs_a_state_dict_or_a_checkpoint_folder_and_says_which_options_do_not_apply(tmp_path, capsys):
+    """``bundle --from DIR`` takes architecture, classes, weights and input from the checkpoint;
+    the torchvision options are refused with it, not silently ignored (the conversion itself:
+    tests/engine/making/test_checkpoint_bundles.py)."""
+    assert main(["bundle", "--out", str(tmp_path / "b")]) == 2
+    assert "needs --arch, --weights and --classes" in capsys.readouterr().err
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert main(["bundle", "--from", str(folder), "--out", str(tmp_path / "b"), "--arch", "resnet18",
+                 "--size", "64"]) == 2
+    assert "leave out --arch, --size" in capsys.readouterr().err
+    assert main(["bundle", "--from", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "needs a Hugging Face or timm checkpoint folder" in capsys.readouterr().err
+    assert main(["bundle", "--from", str(folder), "--out", str(tmp_path / "b")]) == 2
+    assert "config.json names no 'architectures'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
