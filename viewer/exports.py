@@ -139,7 +139,9 @@ def write_html_report(path: Path, image, analysis, bundle, method: str, class_in
     meta = image.metadata
     anonymized = pseudonyms.patient(meta.patient_id, meta.patient_name) if pseudonyms else None
     title, details = study_details(image, anonymized)
-    html = render_report(title, details, [report_entry(image, analysis, method, class_index)], bundle, analysis.engine)
+    label = pseudonyms.image_name(meta.patient_id, image.path, image.frame) if pseudonyms else None
+    html = render_report(title, details, [report_entry(image, analysis, method, class_index, label)], bundle,
+                         analysis.engine)
     return write_report(path, html)
 
 

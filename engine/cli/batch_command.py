@@ -49,8 +49,7 @@ class BatchExporter:
         if pseudonyms is None:
             name = item_name(item, self.root)
         else:  # shared exports must not carry folder or file names, which often name the patient
-            name = f"{pseudonyms.patient(item.patient_id)}_{pseudonyms.short('image', str(item.path.resolve()))}"
-            name += f"-frame{item.frame}" if item.frame else ""
+            name = pseudonyms.image_name(item.patient_id, item.path, item.frame)
         if self.png:
             picture = side_by_side(image, analysis, self.method)
             written.append(write_bytes_atomic(unused_path(self.out / "png" / f"{name}.png"), encode_png(picture)))
@@ -72,7 +71,8 @@ class BatchExporter:
                 else:
                     anonymized, label = None, "_".join(filter(None, (meta.patient_id, meta.study_date, item.study)))
                 self.study = (label, *study_details(image, anonymized), [])
-            self.study[3].append(report_entry(image, analysis, self.method))
+            self.study[3].append(report_entry(image, analysis, self.method,
+                                              label=None if pseudonyms is None else name))
         return written
 
     def finish(self) -> list[Path]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -59,6 +60,13 @@ class Pseudonymizer:
     def patient(self, patient_id: str, patient_name: str = "") -> str:
         """The pseudonym of a patient: from the ID, or from the name where a file has no ID."""
         return self.patient_id(patient_id or patient_name)
+
+    def image_name(self, patient_id: str, path: Path, frame: int = 0) -> str:
+        """What an anonymized export calls an image (files, tables, report headings): the
+        patient's pseudonym and a short label of the file. Never the file or folder names, which
+        often name the patient."""
+        name = f"{self.patient_id(patient_id)}_{self.short('image', str(Path(path).resolve()))}"
+        return name + (f"-frame{frame}" if frame else "")
 
     def short(self, kind: str, value: str) -> str:
         """A short stable label (8 hex digits) for a study or series, for tables."""

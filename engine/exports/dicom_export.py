@@ -40,6 +40,27 @@ COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyIn
 LANTERN_TEXT = ("SeriesDescription", "ImageComments", "DerivationDescription")
 
 
+def _valid_copy(element) -> bool:
+    """Whether a source value may go into the export as it is: values that are invalid in the
+    source (Pixel Spacing 0\\0, a date of four digits, a laterality other than R or L) would make
+    the export invalid too, so they are dropped (a Type 2 attribute then stays, empty)."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    values = element.value if element.VM > 1 else [element.value]
+    try:
+        for value in values:
+            # Numbers read from a file (DSfloat, IS) are checked as the text they were written as.
+            validate_value(element.VR, str(value) if element.VR in ("DS", "IS") else value, config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    if element.keyword == "PixelSpacing":
+        return len(values) == 2 and all(float(v) > 0 for v in values)
+    if element.keyword == "Laterality":
+        return element.value in ("R", "L")
+    return True
+
+
 def source_header(image: SourceImage) -> Dataset | None:
     """The source's DICOM header (no pixels), or None for a PNG/JPEG/TIFF source."""
     if not image.metadata.sop_instance_uid:
@@ -81,12 +102,16 @@ def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | No
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid()
     for keyword in COPIED:
-        if header is not None and keyword in header:
+        if header is not None and keyword in header and _valid_copy(header.data_element(keyword)):
             setattr(ds, keyword, header.data_element(keyword).value)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                     "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientOrientation"):
         if keyword not in ds:
             setattr(ds, keyword, "")  # Type 2: present, maybe empty
+    if "Laterality" not in ds and "BodyPartExamined" not in ds:
+        # Type 2C, required for a paired body part: with no body part named, whether it is one is
+        # unknown, so present and empty; for a named unpaired one (CHEST) it must stay absent.
+        ds.Laterality = ""
     if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
         ds.StudyInstanceUID = generate_uid()  # a PNG source: the export opens a study of its own
     ds.Modality = str(header.get("Modality", "") or "OT") if header is not None else "OT"

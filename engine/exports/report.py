@@ -44,13 +44,16 @@ class ReportEntry:
 
 
 def report_entry(image: SourceImage, analysis: Analysis, method: str | None = None,
-                 class_index: int | None = None) -> ReportEntry:
+                 class_index: int | None = None, label: str | None = None) -> ReportEntry:
+    """``label``: the entry's heading (default: the file name; an anonymized report passes the
+    image's pseudonymous name, as file names often name the patient)."""
     method, index, _ = chosen_map(analysis, method, class_index)
     picture = side_by_side(image, analysis, method, index)
     if picture.shape[1] > PICTURE_WIDTH:
         height = round(picture.shape[0] * PICTURE_WIDTH / picture.shape[1])
         picture = cv2.resize(picture, (PICTURE_WIDTH, height), interpolation=cv2.INTER_AREA)
-    label = Path(image.path).name + (f", frame {image.frame + 1}" if image.n_frames > 1 else "")
+    if label is None:
+        label = Path(image.path).name + (f", frame {image.frame + 1}" if image.n_frames > 1 else "")
     return ReportEntry(label, encode_png(np.ascontiguousarray(picture)), method, analysis.classes[index],
                        analysis.classes, tuple(float(p) for p in analysis.probabilities),
                        analysis.uncertainty.to_dict() if analysis.uncertainty else None, analysis.uncertainty_note,
@@ -138,10 +141,10 @@ def study_details(image: SourceImage, anonymized_id: str | None = None) -> tuple
     """The report's title and study lines from the image's own metadata; with ``anonymized_id``
     (a pseudonym) no name, ID, date or description of the patient's study appears."""
     meta = image.metadata
+    if anonymized_id is not None:  # before anything else: a folder's name may be the patient's
+        return f"Lantern report: {anonymized_id}", [("Patient", anonymized_id), ("Modality", meta.modality or "—")]
     if not meta.study_uid:  # PNG/JPEG/TIFF: no patient data in the file
         return f"Lantern report: {Path(image.path).parent.name}", [("Source", "image file without patient data")]
-    if anonymized_id is not None:
-        return f"Lantern report: {anonymized_id}", [("Patient", anonymized_id), ("Modality", meta.modality)]
     details = [("Patient", f"{meta.patient_name} ({meta.patient_id})"), ("Study", meta.study_description),
                ("Study date", meta.study_date), ("Modality", meta.modality)]
     return f"Lantern report: {meta.study_description or meta.patient_id or 'study'}", [d for d in details if d[1]]

@@ -201,7 +201,12 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
             if n + 1 < len(chunks):
                 upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
             for index, item, key, data in _analyse(loaded, model, options, on_analysis, pseudonyms, written):
-                target = _fresh_path(out / "results" / f"{item_name(item, root)}.json", claimed)
+                if pseudonyms is not None:  # shared outputs never carry file or folder names
+                    name = pseudonyms.image_name(item.patient_id, item.path, item.frame)
+                    data = {**data, "source": name}
+                else:
+                    name = item_name(item, root)
+                target = _fresh_path(out / "results" / f"{name}.json", claimed)
                 rows[index] = make_row(item, data, target.relative_to(out).as_posix(), pseudonyms)
                 report_row(rows[index])
                 writes.append(writer.submit(_write_result, record, key, rows[index], target, data))

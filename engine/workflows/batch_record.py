@@ -109,12 +109,13 @@ def make_row(item: BatchItem, record: dict, result_file: str, pseudonyms: Pseudo
     uncertainty = record["uncertainty"]
     check = record.get("input_check") or {}
     predicted = record["predicted_class"]
-    patient, study, study_date = item.patient_id, item.study, item.study_date
-    if pseudonyms is not None and not item.study_uid.startswith("folder:"):  # a PNG folder has no PHI
+    path, patient, study, study_date = item.path, item.patient_id, item.study, item.study_date
+    if pseudonyms is not None:  # a folder of PNGs too: its name may be the patient's
+        path = Path(pseudonyms.image_name(item.patient_id, item.path, item.frame))
         patient = pseudonyms.patient_id(patient)
         study, study_date = f"study {pseudonyms.short('study', item.study_uid)}", ""
     return BatchRow(
-        path=item.path, frame=item.frame, patient_id=patient, study=study, study_date=study_date,
+        path=path, frame=item.frame, patient_id=patient, study=study, study_date=study_date,
         predicted_class=predicted, probability=float(record["probabilities"][predicted]),
         confidence=float(uncertainty["confidence"]) if uncertainty else None,
         flagged=bool(uncertainty["flagged"]) if uncertainty else False,

@@ -14,6 +14,7 @@ from engine.exports.dicom_export import export_dicom
 from engine.exports.pictures import side_by_side
 from engine.exports.report import render_report, report_entry, study_details
 from engine.resources import DEMO_STUDIES
+from tests.conftest import dciodvfy_errors
 
 STUDY = DEMO_STUDIES
 IDENTIFYING = (b"DEMO^NODULE", b"LANTERN-DEMO-1", b"DEMO^MULTIFRAME", b"LANTERN-DEMO-4", b"20240315", b"DEMO0001")
@@ -54,6 +55,21 @@ def test_export_reads_back_in_the_source_study_as_a_new_series_pointing_at_its_s
     r, g, b = (int(v) for v in pixels[row, col])
     assert abs(r - b) > 30  # the map's peak is coloured, not the grey radiograph
     assert ds.PixelSpacing == source.PixelSpacing
+    assert dciodvfy_errors(path) == []
+
+
+def test_values_invalid_in_the_source_are_not_copied_into_the_export(tmp_path, model):
+    ds = pydicom.dcmread(STUDY / "demo_nodule.dcm")
+    ds.PixelSpacing = [0, 0]  # as some modalities write it: dciodvfy calls it an error
+    ds.PatientBirthDate = "1962"  # not a DA
+    ds.Laterality = "B"
+    ds.save_as(tmp_path / "odd.dcm")
+    image = load_image(tmp_path / "odd.dcm")
+    path = export_dicom(tmp_path / "out" / "odd-explained.dcm", image, analyze(image, model))
+    out = pydicom.dcmread(path)
+    assert "PixelSpacing" not in out and out.PatientBirthDate == "" and "Laterality" not in out
+    assert out.PatientName == ds.PatientName  # valid values still come along
+    assert dciodvfy_errors(path) == []
 
 
 def test_exports_never_overwrite_an_earlier_export_or_the_source(tmp_path, nodule, model):
@@ -94,7 +110,9 @@ def test_anonymized_exports_hold_no_patient_name_or_id_and_pseudonyms_are_consis
 
 def test_a_png_source_starts_a_study_of_its_own(tmp_path, model):
     image = load_image(STUDY / "demo_nodule.png")
-    ds = pydicom.dcmread(export_dicom(tmp_path / "png.dcm", image, analyze(image, model)))
+    path = export_dicom(tmp_path / "png.dcm", image, analyze(image, model))
+    ds = pydicom.dcmread(path)
+    assert dciodvfy_errors(path) == []
     assert ds.StudyInstanceUID and "SourceImageSequence" not in ds
     assert ds.Modality == "OT" and ds.pixel_array.shape == (512, 512, 3)
 
