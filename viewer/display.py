@@ -76,6 +76,7 @@ class DisplayImage:
     # An area-averaged copy (longest side <= REDUCED_SIDE) shown while zoomed out: window
     # changes then re-render a quarter of the pixels, and small views alias less.
     reduced: np.ndarray | None = None
+    top: float | None = None  # the largest pixel value, in modality units (None: as the type allows)
 
     def to_display(self, value: float) -> float:
         return (value - self.offset) * self.scale
@@ -86,8 +87,12 @@ class DisplayImage:
 
     @property
     def value_range(self) -> tuple[float, float]:
+        """The image's own values, lowest to highest, in modality units: what window/level spans
+        (an 8-bit PNG spans 0..255 even though it is held in 16 bits)."""
         if self.is_color:
             return 0.0, 255.0
+        if self.top is not None:
+            return self.offset, max(self.top, self.offset + 1e-6)
         return self.offset, self.offset + 65535.0 / self.scale
 
 
@@ -125,7 +130,7 @@ def make_display_image(pixels: np.ndarray) -> DisplayImage:
     else:
         data = np.nan_to_num((pixels - low) * scale, nan=0.0, posinf=65535.0, neginf=0.0)
         data = np.clip(data + 0.5 if not integral else data, 0, 65535).astype(np.uint16)
-    return DisplayImage(data, low, scale, False, _reduced(data))
+    return DisplayImage(data, low, scale, False, _reduced(data), high)
 
 
 def map_to_uint8(values: np.ndarray, top: float) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""File > Export: the side-by-side picture (PNG, as shown on screen), the result (JSON), the
-explanation as DICOM (Secondary Capture in the source's study) and a one-page HTML report.
+"""File > Export: the side-by-side picture (PNG at the source's resolution, with the reader's
+window, colormap, opacity and threshold), the result (JSON), the explanation as DICOM (Secondary
+Capture in the source's study) and a one-page HTML report.
 
 Each asks where through a save dialog that proposes a name no file has yet; if the chosen name
 exists by the time it is written, the export takes a fresh name beside it (files.unused_path):
 nothing is ever overwritten, least of all a source. "Anonymize exports" pseudonymizes DICOM and
-report exports with one salt per run of Lantern, so exports of one patient stay together, and
-grabs the picture without the name, ID and date in its corners.
+report exports with one salt per run of Lantern, so exports of one patient stay together; the
+picture carries no corner text at all.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QStandardPaths
-from PySide6.QtGui import QImage, QPainter
+from PySide6.QtCore import QStandardPaths
 from PySide6.QtWidgets import QFileDialog
 
 from engine.exports.anonymize import Pseudonymizer
@@ -24,45 +24,12 @@ from viewer.jobs import CallJob, user_message
 from viewer.menus import menu_named
 
 log = logging.getLogger("lantern.exports")
-GAP_PX = 6
 KINDS = {  # kind -> (menu text, file suffix, dialog filter)
     "png": ("Side-by-side picture (PNG)…", ".png", "PNG image (*.png)"),
     "json": ("Result (JSON)…", ".json", "JSON (*.json)"),
     "dicom": ("Explanation as DICOM…", ".dcm", "DICOM (*.dcm)"),
     "report": ("Report (HTML)…", ".html", "HTML report (*.html)"),
 }
-
-
-def side_by_side_image(window, hide_identifying: bool = False) -> QImage:
-    """The two viewports as on screen (window, zoom, overlay), grabbed and put side by side;
-    with ``hide_identifying`` the corner text shows no name, ID or date, as in teaching mode."""
-    shown = window.hide_identifying
-    window.hide_identifying = shown or hide_identifying
-    window.update_corners()
-    try:
-        left, right = window.original.grab().toImage(), window.explained.grab().toImage()
-    finally:
-        window.hide_identifying = shown
-        window.update_corners()
-    if not window.original.isVisible():  # single view: the explanation alone
-        return right
-    out = QImage(left.width() + GAP_PX + right.width(), max(left.height(), right.height()),
-                 QImage.Format.Format_RGB32)
-    out.fill(0x202020)
-    painter = QPainter(out)
-    painter.drawImage(0, 0, left)
-    painter.drawImage(left.width() + GAP_PX, 0, right)
-    painter.end()
-    return out
-
-
-def png_bytes(image: QImage) -> bytes:
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    if not image.save(buffer, "PNG"):
-        raise OSError("the picture could not be encoded as PNG")
-    return bytes(data.data())
 
 
 class Exporter:
@@ -108,8 +75,18 @@ class Exporter:
         method, class_index = window.shown_method(analysis), window.class_index
         pseudonyms = self.pseudonyms if self.anonymize else None
         if kind == "png":
-            picture = side_by_side_image(window, self.anonymize)  # grabbing is GUI work; writing is not
-            job = lambda: write_bytes_atomic(unused_path(path), png_bytes(picture))  # noqa: E731
+            # At the source's resolution (not the window's), as the reader set window, colormap,
+            # opacity and threshold; no corner text, so nothing identifying either way.
+            c = window.controls
+            style = {"colormap": c.colormap.currentText(), "opacity": c.opacity_value(),
+                     "threshold": c.threshold_value(), "window": window.window_cw, "invert": window.invert}
+
+            def job():
+                from engine.exports.overlay import encode_png
+                from engine.exports.pictures import side_by_side
+
+                picture = side_by_side(image, analysis, method, class_index, **style)
+                return write_bytes_atomic(unused_path(path), encode_png(picture))
         elif kind == "json":
             record = analysis.to_dict(method) | {"shown": {"method": method, "class": analysis.classes[class_index]}}
             job = lambda: write_json_atomic(unused_path(path), record)  # noqa: E731

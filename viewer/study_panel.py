@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QPlainTextEdit, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
 
 import engine
 from engine import Progress, Steps
@@ -55,6 +56,32 @@ def thumbnail_steps(paths: list[Path]) -> Steps[dict[Path, np.ndarray]]:
     return thumbs
 
 
+SKIPPED_IN_TOOLTIP = 15
+
+
+def skipped_lines(skipped, hide_names: bool) -> list[str]:
+    """One line per skipped file with the loader's plain-words reason (names hidden in teaching)."""
+    return [f"{'file ' + str(n) if hide_names else Path(path).name}: {reason}"
+            for n, (path, reason) in enumerate(skipped, 1)]
+
+
+class SkippedFilesDialog(QDialog):
+    """Which files a folder scan skipped, and why: a reader who expected an image there can see."""
+
+    def __init__(self, lines: list[str], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(f"{len(lines)} files skipped")
+        self.text = QPlainTextEdit("\n".join(lines))
+        self.text.setReadOnly(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("These files were not listed as images:"))
+        layout.addWidget(self.text, 1)
+        layout.addWidget(buttons)
+        self.resize(620, 360)
+
+
 class StudyPanel(QWidget):
     def __init__(self, session, parent: QWidget | None = None):
         super().__init__(parent)
@@ -64,6 +91,9 @@ class StudyPanel(QWidget):
         self.tree.setIconSize(QSize(THUMB, THUMB))
         self.info = QLabel("Open a folder to browse its studies.")
         self.info.setWordWrap(True)
+        self.info.linkActivated.connect(lambda _link: self.show_skipped())
+        self.skipped: list[tuple[Path, str]] = []
+        self.skipped_dialog: SkippedFilesDialog | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tree, 1)
@@ -104,11 +134,17 @@ class StudyPanel(QWidget):
 
     def _scanned(self, result: tuple[list, list]) -> None:  # studies, skipped files
         self._studies, skipped = result
+        self.skipped = list(skipped)
         self.refill()
         n_images = len(self._items)
         note = f"{len(self._studies)} studies, {n_images} images"
         if skipped:
-            note += f"; {len(skipped)} files skipped (not images)"
+            note += f"; <a href='skipped'>{len(skipped)} files skipped</a> (not images: which and why)"
+            lines = skipped_lines(skipped, self.hide_identifying)
+            more = len(lines) - SKIPPED_IN_TOOLTIP
+            self.info.setToolTip("\n".join(lines[:SKIPPED_IN_TOOLTIP]) + (f"\n… and {more} more" if more > 0 else ""))
+        else:
+            self.info.setToolTip("")
         self.info.setText(note)
         if self.session.image is not None:
             self.highlight(self.session.image.source.path)
@@ -161,6 +197,12 @@ class StudyPanel(QWidget):
 
     def _thumbnails_failed(self, exc: BaseException) -> None:
         self.info.setText(f"{self.info.text()}; thumbnails unavailable: {user_message(exc, 'making thumbnails')}")
+
+    def show_skipped(self) -> None:
+        if not self.skipped:
+            return
+        self.skipped_dialog = SkippedFilesDialog(skipped_lines(self.skipped, self.hide_identifying), self)
+        self.skipped_dialog.show()
 
     def set_hide_identifying(self, hide: bool) -> None:
         self.hide_identifying = hide

@@ -15,23 +15,28 @@ COLORMAPS = {"viridis": cv2.COLORMAP_VIRIDIS, "inferno": cv2.COLORMAP_INFERNO,
              "cividis": cv2.COLORMAP_CIVIDIS, "jet": cv2.COLORMAP_JET}
 
 
-def windowed_rgb(image: SourceImage) -> np.ndarray:
-    """The image as a reader sees it at its default window: uint8 (H, W, 3) RGB."""
+def windowed_rgb(image: SourceImage, window: tuple[float, float] | None = None, invert: bool = False) -> np.ndarray:
+    """The image as a reader sees it: uint8 (H, W, 3) RGB at its default window, or at
+    ``window`` (centre, width in modality units) as the reader set it, optionally inverted."""
     if image.is_color:
         return image.pixels
-    w = image.window
-    gray = np.clip((image.pixels - w.low) * (255.0 / max(w.width, 1e-6)), 0, 255).astype(np.uint8)
+    centre, width = window if window is not None else (image.window.center, image.window.width)
+    width = max(width, 1e-6)
+    gray = np.clip((image.pixels - (centre - width / 2)) * (255.0 / width), 0, 255).astype(np.uint8)
+    if invert:
+        gray = 255 - gray
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 def render_overlay(image: SourceImage, heatmap: np.ndarray, *, colormap: str = "inferno",
-                   opacity: float = 0.45, threshold: float = 0.0) -> np.ndarray:
+                   opacity: float = 0.45, threshold: float = 0.0, window: tuple[float, float] | None = None,
+                   invert: bool = False) -> np.ndarray:
     """Blend a 0..1 map (H, W) over the windowed image; below ``threshold`` the map is clear.
 
     With no threshold the whole colormap is blended, zero included, so that regions without
     evidence read as the colormap's low end rather than as untouched (brighter) image.
     """
-    base = windowed_rgb(image).astype(np.float32)
+    base = windowed_rgb(image, window, invert).astype(np.float32)
     colored = cv2.applyColorMap((np.clip(heatmap, 0, 1) * 255).astype(np.uint8), COLORMAPS[colormap])
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB).astype(np.float32)
     shown = heatmap >= threshold if threshold > 0 else np.ones(heatmap.shape, bool)

@@ -33,10 +33,13 @@ def chosen_map(analysis: Analysis, method: str | None = None, class_index: int |
 
 
 def explanation_rgb(image: SourceImage, analysis: Analysis, method: str | None = None,
-                    class_index: int | None = None, *, colormap: str = "inferno", opacity: float = 0.45) -> np.ndarray:
+                    class_index: int | None = None, *, colormap: str = "inferno", opacity: float = 0.45,
+                    threshold: float = 0.0, window: tuple[float, float] | None = None,
+                    invert: bool = False) -> np.ndarray:
     """The class map blended over the windowed image: uint8 (H, W, 3), the source's own grid."""
     _, index, maps = chosen_map(analysis, method, class_index)
-    return render_overlay(image, maps.normalized_map(index), colormap=colormap, opacity=opacity)
+    return render_overlay(image, maps.normalized_map(index), colormap=colormap, opacity=opacity,
+                          threshold=threshold, window=window, invert=invert)
 
 
 def caption(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -56,9 +59,11 @@ def caption(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 
 def side_by_side(image: SourceImage, analysis: Analysis, method: str | None = None,
                  class_index: int | None = None, **style) -> np.ndarray:
-    """Original | explanation, with a gap between and what the right half is burned in."""
+    """Original | explanation at the source's own resolution, with a gap between and what the
+    right half is burned in. ``style``: colormap, opacity, threshold, window (centre, width) and
+    invert, as the reader set them (defaults: the file's window, inferno at 0.45)."""
     method, index, _ = chosen_map(analysis, method, class_index)
-    left = windowed_rgb(image)
+    left = windowed_rgb(image, style.get("window"), style.get("invert", False))
     right = explanation_rgb(image, analysis, method, index, **style)
     right = caption(right, [f"{method_label(method)}: {analysis.classes[index]} "
                             f"({analysis.probabilities[index]:.0%})", NOT_FOR_DIAGNOSIS])

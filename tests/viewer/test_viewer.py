@@ -552,3 +552,52 @@ def write_dicom_radiograph(path: Path) -> Path:
 
     shutil.copy(DEMO_STUDIES / "demo_normal.dcm", path)
     return path
+
+
+@pytest.mark.parametrize("name, full_range", [("demo_nodule.png", 255.0), ("demo_nodule_16bit.png", None)])
+def test_a_window_drag_moves_by_the_images_own_range(qtbot, tmp_path, name, full_range):
+    """100 px of drag change the width by about a tenth of the image's value range (not by 6400
+    units on an 8-bit PNG, as a fixed 16-bit step did); Shift makes the step ten times finer."""
+    from unittest import mock
+
+    from engine import DEMO_STUDIES
+
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([DEMO_STUDIES / name])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    low, high = window.session.image.display.value_range
+    if full_range is not None:
+        assert (low, high) == (0.0, full_range)
+    span = high - low
+    center, width = window.window_cw
+    view = window.original.view.viewport()
+    _drag(view, Qt.MouseButton.LeftButton, QPointF(view.width() / 2, view.height() / 2), QPointF(100, 0))
+    new_center, new_width = window.window_cw
+    assert new_center == pytest.approx(center)
+    assert new_width - width == pytest.approx(100 * span / 1000, rel=0.05)
+    with mock.patch.object(QApplication, "keyboardModifiers", return_value=Qt.KeyboardModifier.ShiftModifier):
+        window.drag_window(100.0, 0.0)
+    assert window.window_cw[1] - new_width == pytest.approx(10 * span / 1000, rel=0.05)
+
+
+def test_skipped_files_are_listed_with_their_reasons(qtbot, tmp_path):
+    import pydicom
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    write_png(folder / "one.png", 1)
+    (folder / "notes.txt").write_text("not an image")
+    data = Path(pydicom.__file__).parent / "data" / "test_files"
+    (folder / "plan.dcm").write_bytes((data / "rtplan.dcm").read_bytes())
+    (folder / "seg.dcm").write_bytes((data / "liver_1frame.dcm").read_bytes())
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([folder])
+    qtbot.waitUntil(lambda: "skipped" in window.studies.info.text(), timeout=TIMEOUT)
+    assert "3 files skipped" in window.studies.info.text()
+    tip = window.studies.info.toolTip()
+    assert "plan.dcm: this DICOM file holds an RT Plan" in tip and "seg.dcm: this DICOM file holds a segmentation" in tip
+    assert "notes.txt" in tip
+    window.studies.info.linkActivated.emit("skipped")  # what a click on the link sends
+    dialog = window.studies.skipped_dialog
+    assert dialog.isVisible() and dialog.text.toPlainText().count("\n") == 2
+    dialog.grab().save(str(tmp_path / "skipped.png"))
