@@ -1,13 +1,18 @@
 """``lantern-engine bench``: the engines side by side (torch fp32, onnx fp32, onnx int8), one run.
 
-For each engine, in its own fresh subprocess (so memory figures belong to that engine alone):
+``--model BUNDLE`` (default: the demo model) measures that bundle's engines; ``--arch NAME ...``
+(``families``: one member of every torchvision family) builds a random-weight bundle of each
+architecture in a temporary folder, exports and quantizes it, and measures what runs
+(:mod:`engine.cli.bench_arch`, :mod:`engine.cli.bench_models`). For each engine, in its own
+fresh subprocess (:mod:`engine.cli.bench_measure`; so memory figures belong to that engine alone):
 
 plain forward
     the model alone on one already prepared input (logits only; for ONNX the gradient branch of
     the explain graph is switched off), p50/p95/p99 over ``--repeats`` runs after warm-up.
 full analysis
     ``analyze`` on the demo image: preprocessing + one forward with every class's gradient +
-    Grad-CAM maps for all classes warped onto the source image + 20 MC-dropout samples.
+    Grad-CAM maps for all classes (on the feature grid; warped onto the source only when shown)
+    + 20 MC-dropout samples; with the median of each of those stages.
 throughput
     images/s of ``forward`` on a batch of 32 prepared images.
 peak memory
@@ -18,7 +23,13 @@ peak memory
 model size
     bytes of the files the engine reads (torch: safetensors; onnx: model + head).
 
-Ratios compare each engine with torch fp32 (speed-ups > 1 mean faster than torch).
+plain ORT INT8 classifier
+    the same network exported as a plain classifier (input -> logits) and quantized with
+    Lantern's static INT8 settings, timed with Lantern's session options (``bench_models``).
+
+Ratios compare each engine with torch fp32 (speed-ups > 1 mean faster than torch). Issue 12's
+targets (``bench_measure.speed_targets``): analysis/forward <= 1.3 on torch and on INT8, INT8
+analysis <= 1.2 plain ORT INT8 classifications.
 """
 
 from __future__ import annotations
@@ -26,8 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,44 +47,20 @@ from engine.analysis import AnalysisOptions, analyze, load_model
 from engine.backends import available_engines
 from engine.backends.base import THREADS_VARIABLE, thread_count
 from engine.bundle import load_bundle
+from engine.cli.bench_measure import (  # noqa: F401 (bench_engine, THROUGHPUT_BATCH: used by tests)
+    MC_SAMPLES, THROUGHPUT_BATCH, bench_engine, demo_image, percentiles, print_targets, speed_targets,
+    timed,
+)
 from engine.files import folder_size
-from engine.images import SourceImage, load_image
-from engine.preprocess import prepare_input
-from engine.resources import DEMO_STUDIES, ROOT
-from engine.uncertainty import DEFAULT_SAMPLES
+from engine.images import SourceImage
+from engine.resources import ROOT
 
 BENCH_ENGINES = ("torch", "onnx", "onnx-int8")
-MC_SAMPLES = DEFAULT_SAMPLES
-THROUGHPUT_BATCH = 32
 TARGET_INT8_SPEEDUP = 4.0  # int8 full analysis vs torch fp32 full analysis
 TARGET_ANALYSIS_OVER_FORWARD = 1.5  # int8 full analysis vs its own plain forward
 PACKAGE_BUDGET_MB = 350  # issue 6: the packaged app's folder (build/package.py checks it too)
 DEFAULT_PACKAGE = ROOT / "dist" / "lantern"
-
-
-def _demo_image() -> SourceImage:
-
-    for path in sorted(DEMO_STUDIES.glob("*.dcm")):
-        return load_image(path)
-    from engine.synthetic.phantoms import make_phantom
-    from engine.making.training import phantom_image
-
-    return phantom_image(make_phantom(np.random.default_rng(0), 1, 512).image, "phantom")
-
-
-def _timed(fn, repeats: int, warmup: int = 3) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return np.array(times) * 1000.0
-
-
-def _percentiles(ms: np.ndarray) -> dict:
-    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
+_demo_image, _timed, _percentiles = demo_image, timed, percentiles  # earlier names
 
 
 FAITHFULNESS_ENGINE = "onnx-int8"
@@ -95,45 +81,6 @@ def bench_faithfulness(bundle_path: Path, image: SourceImage, repeats: int) -> d
             "met": p50 < TARGET_FAITHFULNESS_MS}
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _model_files(bundle, engine: str) -> list[Path]:
-    if engine == "torch":
-        return [bundle.weights]
-    files = [bundle.onnx["int8" if engine == "onnx-int8" else "fp32"]]
-    if "head" in bundle.onnx:
-        files.append(bundle.onnx["head"])
-    return files
-
-
-def bench_engine(bundle_path: Path, engine: str, image: SourceImage, repeats: int) -> dict:
-    """Figures for one engine, measured in this process."""
-    rss_before = _status_kb("VmRSS")
-    model = load_model(bundle_path, engine)
-    tensor = prepare_input(image, model.bundle.input).tensor
-    options = AnalysisOptions(methods=("gradcam",), mc_samples=MC_SAMPLES)
-    forward = _timed(lambda: model.backend.forward(tensor), repeats)
-    full = _timed(lambda: analyze(image, model, options), repeats)
-    batch = np.repeat(tensor, THROUGHPUT_BATCH, axis=0)
-    rounds = max(3, repeats // 10)
-    per_batch = _timed(lambda: model.backend.forward(batch), rounds, warmup=1)
-    peak = _status_kb("VmHWM")
-    return {
-        "forward": _percentiles(forward),
-        "analysis": _percentiles(full),
-        "analysis_over_forward": round(float(np.median(full) / np.median(forward)), 3),
-        "throughput_images_per_s": round(float(THROUGHPUT_BATCH / (np.median(per_batch) / 1000.0)), 2),
-        "peak_rss_mb": round(peak / 1024, 1),
-        "peak_rss_rise_mb": round((peak - rss_before) / 1024, 1),
-        "model_bytes": sum(f.stat().st_size for f in _model_files(model.bundle, engine)),
-    }
-
-
 BATCH_IMAGES = 200
 TARGET_BATCH_IMAGES_PER_S = 50.0
 
@@ -143,8 +90,6 @@ def bench_batch(bundle_path: Path, engine: str, images: int = BATCH_IMAGES) -> d
     folder through ``engine.workflows.batch`` as ``lantern-engine batch`` runs it (scan, load, preprocess,
     batched forward, 20 MC samples, one result JSON per image, the CSV); model loading excluded.
     The second run over the same folder shows what resuming costs when everything is done."""
-    import tempfile
-
     from engine.workflows.batch import BatchOptions, run_batch
     from engine.synthetic.demo_data import radiograph_dicom_bytes
     from engine.files import write_bytes_atomic
@@ -169,15 +114,6 @@ def bench_batch(bundle_path: Path, engine: str, images: int = BATCH_IMAGES) -> d
             "target": f">= {TARGET_BATCH_IMAGES_PER_S}", "met": result.analysed / seconds >= TARGET_BATCH_IMAGES_PER_S}
 
 
-def _bench_in_subprocess(bundle_path: Path, engine: str, repeats: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "engine.cli.bench", str(bundle_path), engine, str(repeats)],
-        capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _ratios(report: dict) -> dict:
     base = report.get("torch")
     if not base or "error" in base:
@@ -189,7 +125,8 @@ def _ratios(report: dict) -> dict:
         out[engine] = {
             "forward_speedup": round(base["forward"]["p50_ms"] / r["forward"]["p50_ms"], 2),
             "analysis_speedup": round(base["analysis"]["p50_ms"] / r["analysis"]["p50_ms"], 2),
-            "throughput_ratio": round(r["throughput_images_per_s"] / base["throughput_images_per_s"], 2),
+            "throughput_ratio": round(r["throughput_images_per_s"] / base["throughput_images_per_s"], 2)
+            if "throughput_images_per_s" in r and "throughput_images_per_s" in base else None,
             "peak_rss_ratio": round(r["peak_rss_mb"] / base["peak_rss_mb"], 2),
             "model_size_ratio": round(r["model_bytes"] / base["model_bytes"], 3),
         }
@@ -197,12 +134,29 @@ def _ratios(report: dict) -> dict:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "ood", False):
+        from engine.cli.bench_ood import ood_bench, print_ood_report
+
+        engine = "onnx-int8" if args.engine == "auto" else args.engine
+        report = ood_bench(args.model, engine)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_ood_report(report)
+        return 0
+    if getattr(args, "arch", None):
+        from engine.cli.bench_arch import arch_command
+
+        return arch_command(args, list(BENCH_ENGINES) if args.engine == "auto" else [args.engine])
     bundle = load_bundle(args.model)
     image = _demo_image()
     found = available_engines(bundle)
     engines = [e for e in BENCH_ENGINES if e in found] if args.engine == "auto" else [args.engine]
     load_before = os.getloadavg()[0]
-    results = {e: _bench_in_subprocess(Path(args.model), e, args.repeats) for e in engines}
+    from engine.cli.bench_arch import run_engines
+
+    with tempfile.TemporaryDirectory(prefix="lantern-bench-plain-") as tmp:
+        results, plain = run_engines(Path(args.model), engines, args.repeats, Path(tmp), throughput=True)
     report = {
         # Other processes on the machine skew every figure (2 cores: one busy core can double the
         # latency of an engine that computes on both); the 1-minute load average before and after
@@ -218,6 +172,10 @@ def bench_command(args: argparse.Namespace) -> int:
         "throughput_batch": THROUGHPUT_BATCH,
         "engines": results,
         "vs_torch": _ratios(results),
+        # Issue 12: the INT8 engine against a plain onnxruntime INT8 classifier of the same network
+        # (engine.cli.bench_models.plain_int8_classifier), and analysis/forward on torch and INT8.
+        "plain_int8": plain,
+        "speed_targets": speed_targets(results, plain),
     }
     # The batch figure is for the engines a triage runs on; torch explains one image at a time.
     batch_engine = next((e for e in ("onnx-int8", "onnx") if e in engines), None)
@@ -263,8 +221,16 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"batch     {b['engine']}: {b['images']} images 512x512 DICOM in {b['seconds']:.2f} s = "
               f"{b['images_per_s']:.1f} images/s (want {b['target']}: {'met' if b['met'] else 'NOT met'}); "
               f"resumed run {b['resume_seconds']:.2f} s")
+    if plain is not None:
+        paired = plain.get("paired")
+        print(f"plain ORT int8 classifier (same network, input -> logits only, Lantern's static INT8 settings): "
+              + (plain["error"] if "error" in plain else f"forward p50 {plain['forward']['p50_ms']:.1f} ms, "
+                 f"p95 {plain['forward']['p95_ms']:.1f} ms, {plain['threads']} threads")
+              + (f"; interleaved with onnx-int8: int8 forward {paired['engine_forward_p50_ms']:.1f} ms, "
+                 f"analysis {paired['engine_analysis_p50_ms']:.1f} ms" if paired else ""))
     for name, t in report.get("targets", {}).items():
         print(f"target {name}: {t['value']} (want {t['target']}) {'met' if t['met'] else 'NOT met'}")
+    print_targets(report["speed_targets"])
     if "faithfulness" in report:
         f = report["faithfulness"]
         print(f"faithfulness {f['engine']} one map + one class: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms "
@@ -286,13 +252,3 @@ def package_size(folder: Path) -> dict:
     size = folder_size(folder)
     return {"folder": str(folder), "built": True, "mb": round(size / 1e6, 1), "budget_mb": PACKAGE_BUDGET_MB,
             "met": size / 1e6 <= PACKAGE_BUDGET_MB}
-
-
-def _worker(argv: list[str]) -> int:
-    bundle_path, engine, repeats = Path(argv[0]), argv[1], int(argv[2])
-    print(json.dumps(bench_engine(bundle_path, engine, _demo_image(), repeats)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

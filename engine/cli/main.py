@@ -82,8 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-layer", default=None, help="layer to explain (default: last conv block)")
     p.add_argument("--intended-use", default="")
 
-    p = sub.add_parser("bench", help="time plain forward vs full analysis on the demo model")
+    p = sub.add_parser("bench", help="time plain forward vs full analysis on the demo model, a bundle or "
+                       "torchvision architectures")
     _add_model_args(p)
+    p.add_argument("--arch", nargs="+", default=None, metavar="NAME",
+                   help="instead of --model: for each torchvision architecture named (or 'families': one per "
+                   "family), a random-weight 3 x 224 x 224 bundle in a temporary folder, exported and quantized, "
+                   "each engine timed and compared with a plain onnxruntime INT8 classifier")
+    p.add_argument("--ood", action="store_true",
+                   help="instead: how well the out-of-distribution check separates held-out phantoms from "
+                   "pydicom's test images and other phantoms (AUROC, shares flagged, cost; default engine onnx-int8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--package", type=Path, default=None,
