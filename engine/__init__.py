@@ -27,7 +27,8 @@ those above it (import-linter contracts in pyproject.toml):
     making/      training, onnx_export (+ its graph rewrites, ONNX graph tools and
                  verification), quantization (+ int8_validation), checkpoint_bundle
                  (a Hugging Face / timm folder made a bundle): need torch       not shipped
-    workflows/   batch (+ batch_record), labels, evaluation (+ _run, _outputs)   shipped
+    workflows/   batch (+ batch_record, uncertainty_report), labels, evaluation
+                 (+ _run, _outputs)                                           shipped
     exports/     overlay, pictures, report, dicom_export, anonymize, figures    shipped
     trust/       faithfulness, sanity, similarity, calibration, temperature    shipped
     synthetic/   phantoms, demo_data, teaching_set (patient-free demo data)    shipped

@@ -1,8 +1,9 @@
 """The Evaluate dialog (Analysis > Evaluate on a labelled folder…): runs the open model over a
-labelled folder on a worker (progress, cancel) and shows per-class metrics, ROC curves, the
-reliability diagram before and after temperature scaling, the confusion matrix and the pointing
-game. It can fit a temperature and store it in the bundle, and save the same JSON and PNG
-figures as ``lantern-engine evaluate``."""
+labelled folder on a worker (progress, cancel) and shows per-class metrics, ROC and
+precision-recall curves, the reliability diagram before and after temperature scaling, the
+confusion matrix, the mistakes (viewer/evaluation_mistakes.py) and the pointing game. It can fit a
+temperature and store it in the bundle, and save the same JSON, PNG figures and mistakes list as
+``lantern-engine evaluate``."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QHBoxLayout, QHe
 import engine
 from engine import ModelBundle, Progress
 from engine.workflows.evaluation_outputs import fit_and_store, write_outputs
+from engine.exports.figures import pr_steps
 from engine.workflows.evaluation_run import EvaluationRun, build_report, evaluation_steps
 from engine.workflows.labels import read_labels
 from viewer import theme
 from viewer.display import METHOD_LABELS
+from viewer.evaluation_mistakes import MistakesView
 from viewer.jobs import CallJob, StepsJob, user_message
 from viewer.menus import menu_named
 
@@ -44,7 +47,8 @@ def _table(rows: list[list[str]], columns: list[str], row_names: list[str]) -> Q
     return table
 
 
-def _unit_plot(x_label: str, y_label: str) -> pg.PlotWidget:
+def _unit_plot(x_label: str, y_label: str, diagonal: bool = True, legend=(10, 10)) -> pg.PlotWidget:
+    """A 0..1 plot; ``legend``: its offset (negative: from the right or bottom edge)."""
     plot = pg.PlotWidget()
     plot.setXRange(0, 1, padding=0.02)
     plot.setYRange(0, 1, padding=0.02)
@@ -52,8 +56,9 @@ def _unit_plot(x_label: str, y_label: str) -> pg.PlotWidget:
     plot.setLabel("left", y_label)
     plot.showGrid(x=True, y=True, alpha=0.2)
     plot.setMouseEnabled(False, False)
-    plot.plot([0, 1], [0, 1], pen=pg.mkPen(theme.MUTED, style=pg.QtCore.Qt.PenStyle.DashLine))
-    plot.addLegend(offset=(-10, 10) if "false" in x_label else (10, 10))
+    if diagonal:
+        plot.plot([0, 1], [0, 1], pen=pg.mkPen(theme.MUTED, style=pg.QtCore.Qt.PenStyle.DashLine))
+    plot.addLegend(offset=legend)
     return plot
 
 
@@ -74,7 +79,7 @@ class EvaluateDialog(QDialog):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.save_button = QPushButton("Save JSON and figures…")
+        self.save_button = QPushButton("Save JSON, figures and mistakes…")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(self._save_dialog)
         self.progress = QProgressBar()
@@ -187,13 +192,17 @@ class EvaluateDialog(QDialog):
         current = self.tabs.currentIndex()
         self.tabs.clear()
         classes = list(m["per_class"])
-        rows = [[_fmt(v[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "auc")] for v in m["per_class"].values()]
-        self.tabs.addTab(_table(rows, ["Sensitivity", "Specificity", "PPV", "NPV", "AUC"], classes), "Per class")
+        keys = ("sensitivity", "specificity", "ppv", "npv", "auc", "average_precision")
+        rows = [[_fmt(v[k]) for k in keys] for v in m["per_class"].values()]
+        self.tabs.addTab(_table(rows, ["Sensitivity", "Specificity", "PPV", "NPV", "AUC", "AP"], classes), "Per class")
         self.tabs.addTab(self._roc_plot(m["roc"]), "ROC")
+        self.tabs.addTab(self._pr_plot(m["precision_recall"]), "Precision-recall")
         self.tabs.addTab(self._reliability_plot(report), "Reliability")
         matrix = m["confusion_matrix"]["rows_true_columns_predicted"]
         self.tabs.addTab(_table([[str(v) for v in row] for row in matrix],
                                 [f"called {c}" for c in classes], [f"truly {c}" for c in classes]), "Confusion matrix")
+        self.mistakes = MistakesView(self.window_, report)
+        self.tabs.addTab(self.mistakes, f"Mistakes ({len(report['mistakes'])})")
         game = report["pointing_game"]
         if game:
             methods = list(game)
@@ -206,11 +215,21 @@ class EvaluateDialog(QDialog):
         self.tabs.setCurrentIndex(max(current, 0))
 
     def _roc_plot(self, rocs: dict) -> pg.PlotWidget:
-        self.roc = plot = _unit_plot("false positive rate (1 − specificity)", "true positive rate (sensitivity)")
+        self.roc = plot = _unit_plot("false positive rate (1 − specificity)", "true positive rate (sensitivity)",
+                                     legend=(-10, 10))
         for n, (name, roc) in enumerate(rocs.items()):
             if roc is not None:
                 plot.plot(roc["fpr"], roc["tpr"], pen=pg.mkPen(COLORS[n % len(COLORS)], width=3),
                           name=f"{name}: AUC {roc['auc']:.3f}")
+        return plot
+
+    def _pr_plot(self, curves: dict) -> pg.PlotWidget:
+        """Drawn as the steps the average precision sums (engine.exports.figures.pr_steps)."""
+        self.pr = plot = _unit_plot("recall (sensitivity)", "precision (PPV)", diagonal=False, legend=(10, -10))
+        for n, (name, pr) in enumerate(curves.items()):
+            if pr is not None:
+                plot.plot(*pr_steps(pr["recall"], pr["precision"]), pen=pg.mkPen(COLORS[n % len(COLORS)], width=3),
+                          name=f"{name}: AP {pr['average_precision']:.3f}")
         return plot
 
     def _reliability_plot(self, report: dict) -> pg.PlotWidget:
@@ -239,7 +258,7 @@ class EvaluateDialog(QDialog):
     def save(self, folder) -> Path:
         name = f"evaluation-{Path(self.report['labels']).parent.name}"
         written = write_outputs(self.report, Path(folder), name)
-        self.status.setText(f"Saved metrics.json and figures in {written}")
+        self.status.setText(f"Saved metrics.json, figures and mistakes in {written}")
         return written
 
 

@@ -1,5 +1,6 @@
 """The worklist: a folder or DICOMDIR triaged in the background (engine.workflows.batch), one row per image,
-flagged (low-confidence) images first; selecting a row opens it in the side-by-side view.
+flagged (low-confidence) images first; selecting a row opens it in the side-by-side view. Beside the
+table, in a tab of its own, the batch's uncertainty over all its images (viewer/uncertainty_panel.py).
 
 The batch writes its results and resume record under Lantern's own data folder (one subfolder per
 source folder), never beside the sources; opening the same folder again reuses what is done.
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QEvent, QObject, QStandardPaths, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QTableView,
-                               QVBoxLayout, QWidget)
+                               QTabWidget, QVBoxLayout, QWidget)
 
 from viewer import logs
 from viewer.jobs import StepsJob, user_message
 from viewer.menus import menu_named
+from viewer.uncertainty_panel import UncertaintyPanel
 from viewer.worklist_table import COLUMNS, FLAGGED_COLUMN, WorklistFilter, WorklistModel
 
 if TYPE_CHECKING:
@@ -87,7 +89,13 @@ class WorklistPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(top)
-        layout.addWidget(self.table, 1)
+        # Tabs, not a splitter: the table's columns already need the central area's whole width.
+        self.uncertainty = UncertaintyPanel(window)
+        self.views = QTabWidget()
+        self.views.addTab(self.table, "Images")
+        self.views.addTab(self.uncertainty, "Uncertainty")
+        self.uncertainty.shown.connect(lambda text: self.views.setTabText(1, text))
+        layout.addWidget(self.views, 1)
         layout.addWidget(self.status)
 
     # running -------------------------------------------------------------------
@@ -107,6 +115,7 @@ class WorklistPanel(QWidget):
             return
         self.cancel()
         self.model.set_rows([])
+        self.uncertainty.clear()
         live: list = []  # rows as the batch makes them (appended on its thread, read here)
         self._live = live
         source = Path(source)
@@ -171,6 +180,7 @@ class WorklistPanel(QWidget):
             message += f" {len(result.failures)} file(s) not analysed (hover for reasons)."
         self.status.setToolTip("\n".join(f"{p.name}: {why}" for p, why in result.failures))
         self._idle(message)
+        self.uncertainty.show_batch(result)
 
     def _failed(self, exc: BaseException) -> None:
         self._idle("Stopped.")

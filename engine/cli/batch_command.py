@@ -15,6 +15,7 @@ from engine.steps import Progress
 from engine.exports.anonymize import Pseudonymizer
 from engine.workflows.batch import BatchOptions, run_batch
 from engine.workflows.batch_record import BatchItem, item_name
+from engine.workflows.uncertainty_report import uncertainty_report, write_uncertainty_report
 from engine.exports.dicom_export import export_dicom
 from engine.files import safe_name, unused_path, write_bytes_atomic
 from engine.images import SourceImage
@@ -110,7 +111,11 @@ def batch_command(args: argparse.Namespace) -> int:
     written = list(result.written)
     if exporter is not None:
         written += exporter.finish()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started  # the analyses' rate, not the summary's
+    # The dataset-wide view: the figure, the flagged images as CSV and JSON (and a page beside the
+    # study reports when those are asked for). Always written: it costs a read of the results.
+    uncertainty = (write_uncertainty_report(uncertainty_report(result.out, result.rows, args.threshold), result.out,
+                                            html_page=args.report) if result.rows else [])
     for path, reason in result.failures:
         print(f"not analysed: {path}: {reason}", file=sys.stderr)
     flagged = sum(r.flagged for r in result.rows)
@@ -118,4 +123,6 @@ def batch_command(args: argparse.Namespace) -> int:
           f"{len(result.failures)} file(s) not analysed, {flagged} flagged, in {seconds:.1f} s "
           f"({result.analysed / max(seconds, 1e-6):.1f} images/s, {model.engine}). "
           f"Worklist: {result.csv}; {len(written)} export file(s) in {args.out}", file=sys.stderr)
+    if uncertainty:
+        print(f"Uncertainty report: {', '.join(p.name for p in uncertainty)} in {result.out}", file=sys.stderr)
     return 1 if result.failures else 0

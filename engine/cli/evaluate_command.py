@@ -1,5 +1,6 @@
-"""``lantern-engine evaluate DIR --labels labels.csv``: metrics JSON and PNG figures for a model on
-a labelled folder, optionally fitting a temperature and storing it in the bundle."""
+"""``lantern-engine evaluate DIR --labels labels.csv``: metrics JSON, PNG figures and the list of
+mistakes for a model on a labelled folder, optionally fitting a temperature and storing it in the
+bundle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from engine.analysis import load_model
 from engine.errors import LanternError
 from engine.steps import run_to_end
 from engine.workflows.evaluation_outputs import fit_and_store, fit_ood_and_store, write_outputs
-from engine.workflows.evaluation_run import build_report, evaluation_steps
+from engine.workflows.evaluation_run import MISCLASSIFIED, build_report, evaluation_steps
 from engine.workflows.labels import read_labels
 
 
@@ -48,8 +49,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
     rel = report["reliability"]
     ece = f"ECE {rel['before']['ece']:.3f}" + (f" -> {rel['after']['ece']:.3f}" if rel["after"] else "")
     aucs = ", ".join(f"{c} {v['auc']:.3f}" for c, v in m["per_class"].items() if v["auc"] is not None)
-    print(f"{m['cases']} cases, accuracy {m['accuracy']:.3f}, AUC {aucs}, {ece}; written to {folder}",
-          file=sys.stderr)
+    aps = ", ".join(f"{c} {v['average_precision']:.3f}" for c, v in m["per_class"].items()
+                    if v["average_precision"] is not None)
+    wrong = sum(1 for x in report["mistakes"] if x["kind"] == MISCLASSIFIED)
+    print(f"{m['cases']} cases, accuracy {m['accuracy']:.3f}, AUC {aucs}, AP {aps}, {ece}; {wrong} misclassified "
+          f"and {len(report['mistakes']) - wrong} correct but unsure (mistakes.csv, mistakes.png); "
+          f"written to {folder}", file=sys.stderr)
     if run.skipped and not run.results:
         raise LanternError("no case could be evaluated", labels_csv)
     return 1 if run.skipped else 0

@@ -5,6 +5,7 @@
     report         one self-contained HTML page per study
     dicom_export   the explanation as a DICOM object in the source's study
     anonymize      pseudonyms and attribute removal for anonymized exports
-    figures        ROC, confusion and reliability plots as PNG
+    figures        ROC, precision-recall, confusion, reliability and uncertainty plots and
+                   contact sheets as PNG
 Every file goes through engine.files (atomic, never over a source).
 """

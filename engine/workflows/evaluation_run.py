@@ -4,8 +4,13 @@
 it to cancel) returning an :class:`EvaluationRun` with the raw logits, so that a temperature can
 be fitted afterwards without running the model again. ``build_report`` turns a run into plain
 data: metrics (engine/workflows/evaluation.py), reliability before and after temperature scaling
-(engine/trust/calibration.py) and, where masks are given, the pointing game of each map method.
+(engine/trust/calibration.py), where masks are given the pointing game of each map method, and
+the mistakes: misclassified cases and correct ones the model was unsure of.
 A case that cannot be read is skipped and listed with its reason; the rest still count.
+
+Uncertainty: the maps need a full pass per case, MC dropout only the head over the features that
+pass already made, so every case also gets DEFAULT_SAMPLES head samples (a small fraction of the
+case's cost). Their raw logits are kept, so the figures follow a temperature fitted afterwards.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from engine.workflows.evaluation import metrics, pointing_hit, pointing_toleranc
 from engine.images import load_image
 from engine.workflows.labels import LabelledCase, LabelledSet
 from engine.trust.temperature import fit_temperature
-from engine.uncertainty import calibrated_probabilities
+from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, UncertaintySummary, calibrated_probabilities
 from engine.cam import METHOD_NAMES
 
+MC_SEED = 0  # fixed: evaluating the same folder twice gives the same figures
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class CaseResult:
     strict_hits: dict[str, bool]  # method -> peak strictly on the mask
     tolerance_px: float
     features: np.ndarray | None = None  # the head's input (fits the out-of-distribution check)
+    mc_logits: np.ndarray | None = None  # (S, C) raw MC-dropout logits; None: no dropout in the head
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,10 @@ def evaluate_case(case: LabelledCase, model: LoadedModel, methods: tuple[str, ..
                 peak = maps.peak(case.label)
                 hits[method] = pointing_hit(mask, peak, tolerance)
                 strict[method] = pointing_hit(mask, peak, 0)
+    head_input = np.asarray(analysis.head_input, dtype=np.float32)
+    mc = model.backend.mc_logits(head_input, DEFAULT_SAMPLES, MC_SEED) if model.backend.has_dropout else None
     return CaseResult(case, np.asarray(analysis.logits, dtype=np.float64), hits, strict, tolerance,
-                      np.asarray(analysis.head_input, dtype=np.float32).ravel())
+                      head_input.ravel(), None if mc is None else np.asarray(mc, dtype=np.float64))
 
 
 def evaluation_steps(labelled: LabelledSet, model: LoadedModel) -> Generator[Progress, None, EvaluationRun]:
@@ -117,6 +126,39 @@ def _pointing_game(run: EvaluationRun) -> dict | None:
     return out
 
 
+UNCERTAINTY_KEYS = ("samples", "confidence", "predictive_entropy", "mutual_information", "flagged")
+MISCLASSIFIED, UNSURE = "misclassified", "correct, low confidence"
+MISTAKES_DEFINITION = (f"misclassified cases, the most confident first; then correct cases flagged by MC dropout "
+                       f"(confidence below {DEFAULT_THRESHOLD}, {DEFAULT_SAMPLES} samples), the least confident "
+                       f"first. For a model without dropout the list is probability-only: a correct case is "
+                       f"listed when its predicted class's probability is below {DEFAULT_THRESHOLD}")
+
+
+def _uncertainty(result: CaseResult, temperature: float) -> dict | None:
+    """The case's MC-dropout figures at ``temperature`` (None: the model's head has no dropout)."""
+    if result.mc_logits is None:
+        return None
+    summary = UncertaintySummary.from_logit_samples(result.mc_logits, DEFAULT_THRESHOLD, temperature)
+    return {k: v for k, v in summary.to_dict().items() if k in UNCERTAINTY_KEYS}
+
+
+def _mistakes(run: EvaluationRun, cases: list[dict]) -> list[dict]:
+    """The cases to look at again (MISTAKES_DEFINITION), from the report's case entries."""
+    wrong, unsure = [], []
+    for result, case in zip(run.results, cases):
+        probability = case["probabilities"][case["predicted"]]
+        entry = {"kind": MISCLASSIFIED, "line": case["line"], "file": case["file"], "path": str(result.case.path),
+                 "true": case["true"], "predicted": case["predicted"], "probability": probability,
+                 "true_probability": case["probabilities"][case["true"]], "uncertainty": case["uncertainty"]}
+        if case["true"] != case["predicted"]:
+            wrong.append(entry)
+        elif case["uncertainty"]["flagged"] if case["uncertainty"] else probability < DEFAULT_THRESHOLD:
+            unsure.append(entry | {"kind": UNSURE})
+    wrong.sort(key=lambda e: -e["probability"])
+    unsure.sort(key=lambda e: e["uncertainty"]["confidence"] if e["uncertainty"] else e["probability"])
+    return wrong + unsure
+
+
 def build_report(run: EvaluationRun, temperature: float | None = None) -> dict:
     """Plain data for JSON and plots. Probabilities use ``temperature`` (default: the bundle's);
     the reliability diagram is given before (T = 1) and, when T differs from 1, after."""
@@ -128,7 +170,12 @@ def build_report(run: EvaluationRun, temperature: float | None = None) -> dict:
     correct = raw.argmax(axis=1) == labels  # the same either way: T never changes the winner
     before = reliability_diagram(raw.max(axis=1), correct)
     after = reliability_diagram(scaled.max(axis=1), correct) if t != 1.0 else None
-    report = {
+    cases = [{"line": r.case.line, "file": _relative(run, r.case.path), "true": classes[r.case.label],
+              "predicted": classes[int(np.argmax(p))],
+              "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
+              "uncertainty": _uncertainty(r, t), "pointing_hits": r.hits or None}
+             for r, p in zip(run.results, scaled)]
+    return {
         "labels": str(run.labelled.csv),
         "model": {"name": run.model_name, "version": run.model_version, "engine": run.engine},
         "temperature": t,
@@ -138,15 +185,12 @@ def build_report(run: EvaluationRun, temperature: float | None = None) -> dict:
         "pointing_game_definition": "share of lesion cases whose map peak for the true class lies on the "
                                     "mask, within the original game's 15 px at 224-px scale "
                                     "(scaled to each image's width); strict_hit_rate allows no tolerance",
-        "cases": [{"line": r.case.line, "file": _relative(run, r.case.path), "true": classes[r.case.label],
-                   "predicted": classes[int(np.argmax(p))],
-                   "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)},
-                   "pointing_hits": r.hits or None}
-                  for r, p in zip(run.results, scaled)],
+        "cases": cases,
+        "mistakes": _mistakes(run, cases),
+        "mistakes_definition": MISTAKES_DEFINITION,
         "skipped": [{"line": case.line, "file": _relative(run, case.path), "reason": reason}
                     for case, reason in run.skipped],
     }
-    return report
 
 
 def fitted_temperature(run: EvaluationRun) -> float:
