@@ -117,6 +117,7 @@ def _grayscale(raw: np.ndarray, ds: Dataset, frame: int, photometric: str):
     mask = padding_mask(raw, ds)
     pixels = np.asarray(apply_modality_lut(raw, module), dtype=np.float32)
     window = _file_window(ds, frame)
+    reference = None
     if photometric == "MONOCHROME1":
         # Invert about the range the stored values can span, so modality values keep scale.
         if raw.dtype.kind in "iu":
@@ -130,7 +131,7 @@ def _grayscale(raw: np.ndarray, ds: Dataset, frame: int, photometric: str):
             window = Window(reference - window.center, window.width)
     if window is None:
         window = percentile_window(pixels, mask)
-    return pixels, window, mask
+    return pixels, window, mask, reference
 
 
 def _to_rgb8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
@@ -153,14 +154,14 @@ def _palette_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
 def to_source_image(path, ds, arr, photometric, frame, element, tsyntax, with_tags=True) -> SourceImage:
     """The decoded frame ``arr`` (in ``photometric``) as the SourceImage the viewer shows: grayscale
     in modality units with the file's window, or 8-bit RGB."""
-    mask = None
+    mask, inverted_about = None, None
     try:
         if photometric == "PALETTE COLOR":
             pixels, window = _palette_to_rgb8(arr, ds), Window(127.5, 255.0)
         elif arr.ndim == 3:
             pixels, window = _to_rgb8(arr, ds, photometric), Window(127.5, 255.0)
         else:
-            pixels, window, mask = _grayscale(arr, ds, frame, photometric)
+            pixels, window, mask, inverted_about = _grayscale(arr, ds, frame, photometric)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -175,4 +176,5 @@ def to_source_image(path, ds, arr, photometric, frame, element, tsyntax, with_ta
         frame=frame,
         tags=tag_rows(ds, element, tsyntax) if with_tags else (),
         padding_mask=mask,
+        inverted_about=inverted_about,
     )

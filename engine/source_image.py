@@ -76,6 +76,13 @@ class SourceImage:
     frame: int = 0
     tags: tuple[DicomTag, ...] = field(default=(), repr=False)
     padding_mask: np.ndarray | None = field(default=None, repr=False)  # True where Pixel Padding
+    # MONOCHROME1: pixels (and window) are ``inverted_about - stored value``, so that bright means
+    # dense as in MONOCHROME2; a window in the file's own terms is centred at inverted_about - centre.
+    inverted_about: float | None = None
+
+    def header_window(self, center: float, width: float) -> tuple[float, float]:
+        """A window on ``pixels`` in the terms of the file's header (its Window Center)."""
+        return (self.inverted_about - center, width) if self.inverted_about is not None else (center, width)
 
     @property
     def is_color(self) -> bool:

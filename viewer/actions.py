@@ -28,10 +28,12 @@ def install(window) -> dict[str, QAction]:
     a["open_folder"] = _action(window, "Open folder…", window.open_folder_dialog, "Ctrl+Shift+O")
     a["open_model"] = _action(window, "Open model bundle…", window.open_model_dialog)
     a["quit"] = _action(window, "Quit", window.close, QKeySequence.StandardKey.Quit)
-    a["prev"] = _action(window, "Previous image", partial(window.session.step, -1), "Left")
-    a["next"] = _action(window, "Next image", partial(window.session.step, 1), "Right")
-    a["prev_frame"] = _action(window, "Previous frame", partial(window.session.step, -1), "Up")
-    a["next_frame"] = _action(window, "Next frame", partial(window.session.step, 1), "Down")
+    # Images and frames apart (leaving a 40-frame file takes one press); the wheel steps through
+    # frames and then on to the next file.
+    a["prev"] = _action(window, "Previous image", partial(window.session.step_file, -1), "Left")
+    a["next"] = _action(window, "Next image", partial(window.session.step_file, 1), "Right")
+    a["prev_frame"] = _action(window, "Previous frame", partial(window.session.step_frame, -1), "Up")
+    a["next_frame"] = _action(window, "Next frame", partial(window.session.step_frame, 1), "Down")
     a["invert"] = _action(window, "Invert", window.apply_invert, "I", checkable=True)
     a["reset"] = _action(window, "Reset view", window.reset_view, "Space", tip="Reset window, zoom and invert")
     a["fit"] = _action(window, "Fit to window", window.fit, "F")
@@ -45,10 +47,15 @@ def install(window) -> dict[str, QAction]:
                              checkable=True, tip="Teaching mode: hide patient name, ID and dates")
     a["analyse"] = _action(window, "Analyse again", window.session.analyse, "Ctrl+R")
     a["cancel"] = _action(window, "Cancel analysis", window.session.cancel, "Escape")
-    presets = []
+    # Hounsfield presets mean something only on CT (window.on_image enables them by modality);
+    # every image has its file's own window and its full range.
+    presets = [_action(window, "File's window", window.file_window, "0"),
+               _action(window, "Full range", window.full_range_window, "9")]
     for i, (label, width, center) in enumerate(WINDOW_PRESETS, start=1):
-        presets.append(_action(window, f"{label} ({width:g}/{center:g})",
-                               partial(window.set_window, center, width), str(i)))
+        a[f"preset_{i}"] = _action(window, f"CT {label} ({width:g}/{center:g})",
+                                   partial(window.set_window, center, width), str(i),
+                                   tip=f"CT {label} window, in Hounsfield units (CT images only)")
+        presets.append(a[f"preset_{i}"])
     a["overlay"].setChecked(True)
     for key, short in (("open_files", "Open"), ("open_folder", "Folder"), ("prev", "◀ Prev"),
                        ("next", "Next ▶"), ("single", "Single"), ("opacity_down", "Opacity −"),

@@ -22,6 +22,8 @@ def corner_texts(image, window_cw, zoom: float, hide_identifying: bool) -> dict[
     # Descriptions live in the study browser; corners stay short enough for two viewports.
     top_right = "\n".join(filter(None, [study, f"Modality: {meta.modality}" if meta.modality else ""]))
     center, width = window_cw if window_cw else (source.window.center, source.window.width)
+    # In the header's terms (a MONOCHROME1 image is shown inverted; its L is the file's own).
+    center, width = source.header_window(center, width)
     bottom_left = f"W {width:.0f}  L {center:.0f}\nZoom {zoom:.2f}×"
     frames = f"Frame {source.frame + 1}/{source.n_frames}\n" if source.n_frames > 1 else ""
     name = "" if hide_identifying else f"{source.path.name}\n"

@@ -133,20 +133,28 @@ class Job(QRunnable, Generic[T]):
     def run(self) -> None:  # on a worker thread
         try:
             if self._cancel.is_set():  # cancelled while it waited in the queue: never started
-                self.signals.cancelled.emit()
+                self._emit(self.signals.cancelled)
                 return
             try:
                 result = self.work()
             except _Stopped:
-                self.signals.cancelled.emit()
+                self._emit(self.signals.cancelled)
                 return
             except Exception as exc:  # noqa: BLE001 - logged here, and handed to the caller
                 log_failure(exc, self.what)
-                self.signals.failed.emit(exc)
+                self._emit(self.signals.failed, exc)
                 return
-            self.signals.finished.emit(result)
+            self._emit(self.signals.finished, result)
         finally:
             self._ended.set()
+
+    def _emit(self, signal, *args) -> None:
+        """Report, unless the window (and with it the signals' C++ side) is already gone: a job
+        that ends while Lantern closes has nobody to tell, and says so in the log only."""
+        try:
+            signal.emit(*args)
+        except RuntimeError as exc:  # "Signal source has been deleted"
+            log.debug("%s ended after its window closed: %s", self.what, exc)
 
 
 class CallJob(Job[T]):
@@ -180,7 +188,7 @@ class StepsJob(Job[T]):
                     update = next(steps)
                 except StopIteration as done:
                     return done.value
-                self.signals.progress.emit(update)
+                self._emit(self.signals.progress, update)
         finally:
             steps.close()  # a no-op once the generator has returned or raised
 

@@ -215,6 +215,10 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
             viewport.set_invert(self.invert)
         self.set_overlay_data(None)
         self.tags.set_tags(source.tags)
+        is_ct = source.metadata.modality.strip().upper() == "CT"  # Hounsfield presets: CT only
+        for key, action in self.actions_.items():
+            if key.startswith("preset_"):
+                action.setEnabled(is_ct)
         self.studies.highlight(source.path)
         self.strip.clear()
         self.seen.show_seen(None)
@@ -301,6 +305,17 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
     def fit(self) -> None:
         for viewport in (self.original, *self.compare.viewports.values()):
             viewport.fit()
+
+    def file_window(self) -> None:
+        image = self.session.image
+        if image is not None:
+            self.set_window(image.source.window.center, image.source.window.width)
+
+    def full_range_window(self) -> None:
+        image = self.session.image
+        if image is not None:
+            low, high = image.display.value_range
+            self.set_window((low + high) / 2, high - low)
 
     def reset_view(self) -> None:
         image = self.session.image

@@ -144,6 +144,13 @@ class Session(QObject):
                 return
         self.step_file(delta)
 
+    def step_frame(self, delta: int) -> None:
+        """The next or previous frame of a multi-frame file; nothing past its first or last."""
+        if self.image is not None and self.image.source.n_frames > 1:
+            frame = self.frame + delta
+            if 0 <= frame < self.image.source.n_frames:
+                self.show_index(self.index, frame)
+
     def step_file(self, delta: int) -> None:
         target = self.index + delta
         if self.files and 0 <= target < len(self.files) and target != self.index:

@@ -72,6 +72,8 @@ def test_monochrome1_is_inverted_with_its_window(tmp_path):
     np.testing.assert_array_equal(image.pixels, 4095 - raw.astype(np.float32))
     assert image.pixels[0, 0] > image.pixels[-1, -1]  # stored 0 is white in MONOCHROME1
     assert image.window == Window(4095 - 1000, 500)
+    # Shown to the reader in the header's own terms: L 1000, as the file says.
+    assert image.header_window(image.window.center, image.window.width) == (1000, 500)
 
 
 def test_rescale_slope_intercept_gives_modality_values_and_keeps_window(tmp_path):

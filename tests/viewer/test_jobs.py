@@ -209,3 +209,20 @@ def test_a_dropped_job_is_never_heard_from(qtbot):
     settle(qtbot, job)
     assert record == ["closed early"] and heard.events == []
     assert runner.wait(TIMEOUT)
+
+
+def test_a_job_that_ends_after_its_window_is_gone_says_nothing(caplog):
+    """Closing Lantern while a job runs deletes the signals' C++ side; the job's end must not
+    print 'Signal source has been deleted' tracebacks."""
+    import logging
+
+    import shiboken6
+
+    from viewer.jobs import CallJob
+
+    job = CallJob(lambda: 42, "a late job")
+    shiboken6.delete(job.signals)
+    with caplog.at_level(logging.DEBUG, logger="lantern.jobs"):
+        job.run()  # on this thread, as a pool would
+    assert job.ended
+    assert "ended after its window closed" in caplog.text

@@ -214,8 +214,9 @@ def test_right_drag_zooms_and_keys_set_presets(qtbot, analysed):
     view = analysed.explained.view.viewport()
     _drag(view, Qt.MouseButton.RightButton, QPointF(view.width() / 2, view.height() / 2), QPointF(0, -60))
     assert analysed.original.box.viewRange() != range_before
-    qtbot.keyClick(analysed, Qt.Key.Key_2)  # lung 1500/-600
-    assert analysed.window_cw == (-600.0, 1500.0)
+    qtbot.keyClick(analysed, Qt.Key.Key_9)  # full range (a PNG: the HU presets are CT's)
+    low, high = analysed.session.image.display.value_range
+    assert analysed.window_cw == pytest.approx(((low + high) / 2, high - low))
     qtbot.keyClick(analysed, Qt.Key.Key_Space)
     src = analysed.session.image.source.window
     assert analysed.window_cw == (src.center, src.width)
@@ -424,6 +425,21 @@ def test_wheel_and_arrows_step_through_frames(qtbot, tmp_path):
     qtbot.waitUntil(lambda: window.session.image.source.frame == 2, timeout=TIMEOUT)
 
 
+def test_next_image_leaves_a_multi_frame_file_in_one_press(qtbot, tmp_path):
+    cine = write_dicom(tmp_path / "cine.dcm", frames=3)
+    other = write_png(tmp_path / "other.png")
+    window = make_window(qtbot, tmp_path)
+    window.session.open_files([cine, other])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    qtbot.keyClick(window, Qt.Key.Key_Down)  # next frame
+    qtbot.waitUntil(lambda: window.session.image.source.frame == 1, timeout=TIMEOUT)
+    qtbot.keyClick(window, Qt.Key.Key_Right)  # next image: the PNG, not frame 3
+    qtbot.waitUntil(lambda: window.session.image.source.path == other, timeout=TIMEOUT)
+    qtbot.keyClick(window, Qt.Key.Key_Down)  # a PNG has no next frame: nothing happens
+    qtbot.wait(100)
+    assert window.session.image.source.path == other and window.session.index == 1
+
+
 def test_unavailable_engine_is_reported_and_the_old_one_kept(qtbot, analysed):
     first = analysed.session.model
     analysed.actions_["engine_onnx-int8"].trigger()  # the tiny bundle has no ONNX file
@@ -601,3 +617,21 @@ def test_skipped_files_are_listed_with_their_reasons(qtbot, tmp_path):
     dialog = window.studies.skipped_dialog
     assert dialog.isVisible() and dialog.text.toPlainText().count("\n") == 2
     dialog.grab().save(str(tmp_path / "skipped.png"))
+
+
+def test_hounsfield_presets_are_offered_for_ct_only(qtbot, tmp_path):
+    window = make_window(qtbot, tmp_path)
+    window.open_paths([write_png(tmp_path / "chest.png")])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert not window.actions_["preset_1"].isEnabled()
+    before = window.window_cw
+    qtbot.keyClick(window, Qt.Key.Key_1)
+    assert window.window_cw == before  # no soft-tissue HU window on a PNG
+    qtbot.keyClick(window, Qt.Key.Key_9)
+    low, high = window.session.image.display.value_range
+    assert window.window_cw == pytest.approx(((low + high) / 2, high - low))
+    window.open_paths([write_dicom(tmp_path / "ct.dcm")])
+    qtbot.waitUntil(lambda: window.session.image.source.path.name == "ct.dcm", timeout=TIMEOUT)
+    assert window.actions_["preset_1"].isEnabled()
+    qtbot.keyClick(window, Qt.Key.Key_1)
+    assert window.window_cw == (40.0, 400.0)
