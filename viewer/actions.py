@@ -73,6 +73,10 @@ def install(window) -> dict[str, QAction]:
     view_menu = bar.addMenu("&View")
     for key in ("single", "overlay", "opacity_down", "opacity_up", "invert", "reset", "fit", "anonymize"):
         view_menu.addAction(a[key])
+    a["browser"] = window.browser_dock.toggleViewAction()
+    a["browser"].setText("Study browser")
+    a["browser"].setShortcut(QKeySequence("Ctrl+B"))
+    view_menu.addAction(a["browser"])
     window_menu = bar.addMenu("&Window/level")
     for action in presets:
         window_menu.addAction(action)

@@ -15,6 +15,7 @@ class FileActionsMixin:
         if paths:
             self.settings.set("last_folder", str(paths[0] if paths[0].is_dir() else paths[0].parent))
             if any(p.is_dir() for p in paths):
+                self.browser_dock.show()  # a folder's studies are read from the browser
                 self.studies.scan(paths, open_first=True)
             else:
                 self.studies.scan(paths, opening=True)

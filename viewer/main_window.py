@@ -26,6 +26,7 @@ from viewer.study_panel import StudyPanel
 from viewer.viewport import Viewport, link
 
 log = logging.getLogger("lantern.window")
+COMPACT_WIDTH = 1400  # below this window width (1366 x 768, 1280 x 800 laptops), the small-screen layout (fit_small_screen)
 
 
 class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
@@ -93,6 +94,7 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(380)
+        self.results_scroll = scroll
         self.strip = ClassStrip()
         # The strip and the overlay controls share the wide bottom band under the images.
         bottom = QWidget()
@@ -108,8 +110,12 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         results_dock = self._dock("Results", scroll, Qt.DockWidgetArea.RightDockWidgetArea)
         bottom.setMaximumHeight(230)
         bottom_dock = self._dock("Class maps and overlay", bottom, Qt.DockWidgetArea.BottomDockWidgetArea)
-        self._dock("Browser", browser, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.browser_dock = self._dock("Browser", browser, Qt.DockWidgetArea.LeftDockWidgetArea)
+        # Closable (View > Study browser brings it back): on a small screen it starts hidden.
+        self.browser_dock.setFeatures(self.browser_dock.features() | QDockWidget.DockWidgetFeature.DockWidgetClosable)
         browser.setMinimumWidth(270)
+        self.results_dock = results_dock
+        self._laid_out = False
         self.resizeDocks([bottom_dock], [200], Qt.Orientation.Vertical)
         self.resizeDocks([results_dock], [420], Qt.Orientation.Horizontal)
 
@@ -360,6 +366,25 @@ class MainWindow(FileActionsMixin, OverlayMixin, QMainWindow):
         self.session.shown_method = self.controls.method_key()
         self.apply_overlay_style()
         self.refresh_recent_menu()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._laid_out:
+            self._laid_out = True
+            self.fit_small_screen()
+
+    def fit_small_screen(self) -> None:
+        """On a teaching laptop or a projector (under COMPACT_WIDTH px) the images come first: the
+        study browser starts hidden (View > Study browser, Ctrl+B; opening a folder shows it)
+        and the results column is narrower, so each image pane gets about 470 px instead of 330."""
+        if self.width() >= COMPACT_WIDTH:
+            return
+        self.browser_dock.hide()
+        # Hidden during the first show, before the dock's menu action hears of it: say so, so
+        # that View > Study browser shows it at the first press.
+        self.browser_dock.toggleViewAction().setChecked(False)
+        self.results_scroll.setMinimumWidth(300)
+        self.resizeDocks([self.results_dock], [310], Qt.Orientation.Horizontal)
 
     def closeEvent(self, event) -> None:
         self.settings.set("geometry", self.saveGeometry())

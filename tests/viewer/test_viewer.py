@@ -635,3 +635,25 @@ def test_hounsfield_presets_are_offered_for_ct_only(qtbot, tmp_path):
     assert window.actions_["preset_1"].isEnabled()
     qtbot.keyClick(window, Qt.Key.Key_1)
     assert window.window_cw == (40.0, 400.0)
+
+
+def test_a_small_screen_gives_the_images_the_room(qtbot, tmp_path):
+    """1366 x 768 (a teaching laptop, a projector): the browser starts hidden and comes back from
+    the View menu or when a folder is opened; each image pane gets well over 400 px."""
+    window = MainWindow(Settings(tmp_path / "settings.ini"))
+    qtbot.addWidget(window)
+    window.resize(1366, 768)
+    window.show()
+    window.open_paths([write_png(tmp_path / "chest.png")])
+    qtbot.waitUntil(lambda: window.session.image is not None, timeout=TIMEOUT)
+    assert not window.browser_dock.isVisible()
+    assert window.original.width() >= 440 and window.explained.width() >= 440
+    window.grab().save(str(tmp_path / "small-screen.png"))
+    window.actions_["browser"].trigger()
+    assert window.browser_dock.isVisible()
+    window.actions_["browser"].trigger()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_png(folder / "one.png")
+    window.open_paths([folder])
+    assert window.browser_dock.isVisible()
