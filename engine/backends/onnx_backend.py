@@ -2,9 +2,10 @@
 
 The bundle's explain graph (see ``docs/onnx-engine.md``) returns logits, the explained layer's
 activations, the head input and, when asked, every class's gradient of the first image, all
-computed inside the graph, so the shared CAM rules need no autograd here. MC dropout runs the
-small head graph once over N copies of the cached head input with N dropout masks drawn by a
-seeded numpy Generator.
+computed inside the graph, so the shared CAM rules need no autograd here. A multi-input model's
+graph has one input and one explained layer per model input, named after it (see
+:func:`explain_names`). MC dropout runs the small head graph once over N copies of the cached
+head input with N dropout masks drawn by a seeded numpy Generator.
 """
 
 from __future__ import annotations
@@ -18,6 +19,25 @@ import onnxruntime as ort
 from engine.bundle import ModelBundle
 from engine.errors import EngineUnavailableError, ModelBundleError
 from engine.backends.base import ExplainedLayer, ForwardOutputs, thread_count
+
+# The graphs' input and output names are the file format: export (engine/making) writes them and
+# this engine reads them, so they are defined here, once, and never change. A one-image model's
+# explain graph uses the plain names; a multi-input model's gets one input and one
+# activations/gradients pair per model input, suffixed with its name (plain identifiers,
+# engine.bundle.INPUT_NAME).
+INPUT = "input"
+WITH_GRADIENTS = "with_gradients"
+LOGITS, ACTIVATIONS, HEAD_INPUT, GRADIENTS = "logits", "activations", "head_input", "gradients"
+
+
+def explain_names(inputs: tuple[str, ...] = ()) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(graph inputs, activations outputs, gradients outputs, all outputs in graph order) of the
+    explain graph of a model with these named inputs (none: a one-image model)."""
+    if not inputs:
+        return [INPUT], [ACTIVATIONS], [GRADIENTS], [LOGITS, ACTIVATIONS, HEAD_INPUT, GRADIENTS]
+    activations = [f"{ACTIVATIONS}_{n}" for n in inputs]
+    gradients = [f"{GRADIENTS}_{n}" for n in inputs]
+    return [f"{INPUT}_{n}" for n in inputs], activations, gradients, [LOGITS, *activations, HEAD_INPUT, *gradients]
 
 
 def session_options() -> ort.SessionOptions:
@@ -39,15 +59,49 @@ def open_session(model: str | Path | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
 
 
+def _graph_inputs(session: ort.InferenceSession) -> tuple[str, ...]:
+    """The model input names an explain graph takes: () for a one-image graph; refused in plain
+    words when the graph is not a Lantern explain graph at all."""
+    names = [i.name for i in session.get_inputs()]
+    images = [n for n in names if n != WITH_GRADIENTS]
+    prefix = f"{INPUT}_"
+    if WITH_GRADIENTS in names and images == [INPUT]:
+        inputs: tuple[str, ...] = ()
+    elif WITH_GRADIENTS in names and len(images) >= 2 and all(n.startswith(prefix) for n in images):
+        inputs = tuple(n[len(prefix):] for n in images)
+    else:
+        raise ModelBundleError("the ONNX model is not a Lantern explain graph (export it with "
+                               "'lantern-engine export')")
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [n for n in explain_names(inputs)[3] if n not in outputs]
+    if missing:
+        raise ModelBundleError(f"the ONNX model is not a Lantern explain graph: it has no output "
+                               f"{', '.join(missing)} (export it again with 'lantern-engine export')")
+    return inputs
+
+
+def check_graph_inputs(inputs: tuple[str, ...], bundle: ModelBundle, file: str) -> None:
+    """Refuse a graph whose model inputs (``OnnxSessions.inputs``) are not the manifest's, in its
+    order: the graph feeds its inputs by name and the analysis passes them in the manifest's order,
+    so a graph exported before the manifest's inputs changed would get the wrong images."""
+    wanted = bundle.input_names if bundle.multi_input else ()
+    if inputs != wanted:
+        def described(names):
+            return f"the inputs {', '.join(names)}" if names else "one image"
+
+        raise ModelBundleError(f"{file} takes {described(inputs)} but the manifest names {described(wanted)}; "
+                               f"export the model again ('lantern-engine export')", bundle.folder)
+
+
 class OnnxSessions:
-    """The explain graph and the optional head graph, from files or bytes."""
+    """The explain graph and the optional head graph, from files or bytes. A multi-input graph
+    takes a tuple of arrays, one per model input in the graph's order (``self.inputs``), wherever
+    a one-image graph takes one array."""
 
     def __init__(self, model: str | Path | bytes, head: str | Path | bytes | None):
         self.model = open_session(model)
-        names = {i.name for i in self.model.get_inputs()}
-        if not {"input", "with_gradients"} <= names:
-            raise ModelBundleError("the ONNX model is not a Lantern explain graph (export it with "
-                                   "'lantern-engine export')")
+        self.inputs = _graph_inputs(self.model)  # model input names; () for a one-image graph
+        self.feeds, self.activations, self.gradients, _ = explain_names(self.inputs)
         self.head_session = open_session(head) if head is not None else None
         self.dropout: list[float] = []
         self.mask_shapes: list[tuple[int, ...]] = []
@@ -59,26 +113,33 @@ class OnnxSessions:
             if len(self.dropout) != len(self.mask_shapes):
                 raise ModelBundleError("the head graph's dropout metadata does not match its masks")
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        feed = {"input": np.ascontiguousarray(batch, dtype=np.float32), "with_gradients": np.array(False)}
-        return self.model.run(["logits"], feed)[0]
+    def _feed(self, batch, gradients: bool, first_only: bool = False) -> dict[str, np.ndarray]:
+        arrays = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        if len(arrays) != len(self.feeds):
+            raise ValueError(f"the explain graph takes {len(self.feeds)} input(s), not {len(arrays)}")
+        feed = {name: np.ascontiguousarray(a[:1] if first_only else a, dtype=np.float32)
+                for name, a in zip(self.feeds, arrays)}
+        feed[WITH_GRADIENTS] = np.array(gradients)
+        return feed
 
-    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feed = {"input": np.ascontiguousarray(batch, dtype=np.float32), "with_gradients": np.array(False)}
-        logits, head_input = self.model.run(["logits", "head_input"], feed)
+    def forward(self, batch) -> np.ndarray:
+        return self.model.run([LOGITS], self._feed(batch, False))[0]
+
+    def forward_features(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        logits, head_input = self.model.run([LOGITS, HEAD_INPUT], self._feed(batch, False))
         return logits, head_input
 
-    def explain(self, tensor: np.ndarray) -> ForwardOutputs:
-        feed = {"input": np.ascontiguousarray(tensor[:1], dtype=np.float32), "with_gradients": np.array(True)}
-        logits, activations, head_input, gradients = self.model.run(
-            ["logits", "activations", "head_input", "gradients"], feed)
-        return ForwardOutputs(logits=logits[0], layers=(ExplainedLayer(activations[0], gradients[:, 0]),),
-                              head_input=head_input[0])
+    def explain(self, tensor) -> ForwardOutputs:
+        n = len(self.feeds)
+        logits, head_input, *maps = self.model.run([LOGITS, HEAD_INPUT, *self.activations, *self.gradients],
+                                                   self._feed(tensor, True, first_only=True))
+        layers = tuple(ExplainedLayer(a[0], g[:, 0]) for a, g in zip(maps[:n], maps[n:]))
+        return ForwardOutputs(logits=logits[0], layers=layers, head_input=head_input[0])
 
     def head(self, features: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
-        feed = {"head_input": np.ascontiguousarray(features, dtype=np.float32)}
+        feed = {HEAD_INPUT: np.ascontiguousarray(features, dtype=np.float32)}
         feed.update({f"mask{i}": np.ascontiguousarray(m, dtype=np.float32) for i, m in enumerate(masks)})
-        return self.head_session.run(["logits"], feed)[0]
+        return self.head_session.run([LOGITS], feed)[0]
 
     def dropout_masks(self, samples: int, seed: int) -> list[np.ndarray]:
         """Inverted-dropout masks: keep with probability 1 - p, kept values scaled by 1 / (1 - p)."""
@@ -100,19 +161,20 @@ class OnnxBackend:
         head = bundle.onnx.get("head")
         try:
             self.sessions = OnnxSessions(path, head)
-        except ModelBundleError:
-            raise
+        except ModelBundleError as exc:
+            raise ModelBundleError(f"{path.name}: {exc.reason}", bundle.folder) from exc
         except Exception as exc:  # onnxruntime raises its own exception types for broken files
             raise ModelBundleError(f"onnxruntime could not load {path.name}: {exc}", bundle.folder) from exc
+        check_graph_inputs(self.sessions.inputs, bundle, path.name)
         self.has_dropout = bool(self.sessions.dropout) and any(p > 0 for p in self.sessions.dropout)
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch) -> np.ndarray:
         return self.sessions.forward(batch)
 
-    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward_features(self, batch) -> tuple[np.ndarray, np.ndarray]:
         return self.sessions.forward_features(batch)
 
-    def explain(self, tensor: np.ndarray) -> ForwardOutputs:
+    def explain(self, tensor) -> ForwardOutputs:
         return self.sessions.explain(tensor)
 
     def mc_logits(self, head_input: np.ndarray, samples: int, seed: int) -> np.ndarray:

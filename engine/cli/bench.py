@@ -149,6 +149,7 @@ def bench_command(args: argparse.Namespace) -> int:
 
         return arch_command(args, list(BENCH_ENGINES) if args.engine == "auto" else [args.engine])
     bundle = load_bundle(args.model)
+    bundle.require_single_input("bench")  # its forward and plain classifier take one image
     image = _demo_image()
     found = available_engines(bundle)
     engines = [e for e in BENCH_ENGINES if e in found] if args.engine == "auto" else [args.engine]

@@ -5,7 +5,7 @@
                    its parts: export_modules (the torch modules to export), fx_rewrites (the
                    traced gradient in ops ONNX has), onnx_graph (the gradients behind an If, and
                    the graph surgery quantization shares), export_verification (against PyTorch
-                   on held-out phantoms)
+                   on held-out phantoms; for a multi-input model, on cases of one per input)
     quantization   static INT8 of that graph (int8_weights: each weight once, as int8, also for
                    the gradient part), validated against fp32 (int8_validation)
     checkpoint_bundle  a Hugging Face or timm checkpoint folder made a bundle, then exported

@@ -3,8 +3,9 @@
 Export (:mod:`engine.making.onnx_export`) runs the written bytes in onnxruntime and compares
 logits, every CAM method's class maps and the MC-dropout head with the PyTorch engine
 (:func:`verify_export`); quantization (:mod:`engine.making.quantization`) compares the int8
-graph with the fp32 one using the same held-out inputs and map comparison. Only numpy here;
-torch and onnxruntime are imported when verifying.
+graph with the fp32 one using the same held-out inputs and map comparison. A multi-input model
+is checked on held-out cases (:func:`heldout_cases`: one phantom per input), every input's maps
+on their own. Only numpy here; torch and onnxruntime are imported when verifying.
 """
 
 from __future__ import annotations
@@ -62,15 +63,42 @@ def class_map_correlations(got: np.ndarray, want: np.ndarray) -> list[float]:
     return [map_correlation(got[c], want[c], floor) for c in range(want.shape[0])]
 
 
-def heldout_inputs(bundle: ModelBundle, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, C_in, h, w) model inputs made from phantoms exactly as at run time, and their labels."""
-    from engine.synthetic.phantoms import make_dataset
+def heldout_cases(bundle: ModelBundle, n: int, seed: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """``n`` model inputs made from phantoms exactly as at run time, and their labels: one array
+    (n, C_in, h, w) per model input, in the manifest's order (one for an ordinary model).
+
+    A multi-input model's case is one phantom per input, each prepared with its own input's spec:
+    the first input's are those an ordinary model gets for ``seed``; each further input gets
+    other phantoms of the same class (drawn from a stream of its own), as a lateral view shows
+    the same finding as the frontal one, elsewhere."""
+    from engine.synthetic.phantoms import make_dataset, make_phantom
     from engine.preprocess import prepare_input
     from engine.making.training import phantom_image
 
     images, _, labels = make_dataset(n, seed=seed)
-    batch = [prepare_input(phantom_image(img), bundle.input).tensor for img in images]
-    return np.concatenate(batch), labels
+    size = images.shape[-1]
+    specs = [i.spec for i in bundle.inputs] if bundle.multi_input else [bundle.input]
+    arrays = []
+    for k, spec in enumerate(specs):
+        if k:
+            rng = np.random.default_rng([seed, k])
+            images = [make_phantom(rng, int(label), size).image for label in labels]
+        arrays.append(np.concatenate([prepare_input(phantom_image(img), spec).tensor for img in images]))
+    return tuple(arrays), labels
+
+
+def heldout_inputs(bundle: ModelBundle, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C_in, h, w) model inputs of a one-image model (see :func:`heldout_cases`), and their labels."""
+    arrays, labels = heldout_cases(bundle, n, seed)
+    return arrays[0], labels
+
+
+def engine_input(arrays: tuple[np.ndarray, ...], i: int | None = None):
+    """:func:`heldout_cases`'s arrays (``i``: only case i) as an engine takes them: the array of a
+    one-image model, a tuple of arrays (one per input) for a multi-input model."""
+    if i is not None:
+        arrays = tuple(a[i : i + 1] for a in arrays)
+    return arrays if len(arrays) > 1 else arrays[0]
 
 
 def class_maps(activations: np.ndarray, gradients: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,44 +119,83 @@ class Verification:
     logit_tolerance: float
     map_threshold: float
     problems: list[str] = field(default_factory=list)
+    # A multi-input model's lowest correlations per input name (min_map_correlation: over all).
+    per_input: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "heldout_phantoms": self.images,
             "max_abs_logit_error": float(f"{self.max_logit_error:.3g}"),
             "min_map_correlation": {k: round(v, 6) for k, v in self.min_map_correlation.items()},
             "head_max_abs_error": float(f"{self.head_max_error:.3g}"),
             "thresholds": {"logit_abs_error": self.logit_tolerance, "map_correlation": self.map_threshold},
         }
+        if self.per_input:
+            record["min_map_correlation_per_input"] = {
+                name: {k: round(v, 6) for k, v in figures.items()} for name, figures in self.per_input.items()}
+        return record
+
+
+def layer_map_correlations(got, want) -> list[dict[str, list[float]]]:
+    """For each explained layer (one per model input) of two engines' ``ForwardOutputs`` of one
+    image or case: every method's class-map correlations (:func:`class_map_correlations`)."""
+    result = []
+    for a, b in zip(want.layers, got.layers):
+        maps_a, maps_b = class_maps(a.activations, a.gradients), class_maps(b.activations, b.gradients)
+        result.append({m: class_map_correlations(maps_b[m], maps_a[m]) for m in maps_a})
+    return result
+
+
+def lowest_correlations(bundle: ModelBundle, corr: dict[tuple[int, str], list[float]]
+                        ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """From every class map's correlation by (input index, method): the lowest per method over
+    all inputs (what the model card has always recorded) and, for a multi-input model, the
+    lowest per input name and method (empty for one image)."""
+    # np.min, not min: a NaN correlation must come out as NaN (and fail), never hide behind 1.0.
+    every: dict[str, list[float]] = {}
+    for (_, method), rs in corr.items():
+        every.setdefault(method, []).extend(rs)
+    overall = {method: float(np.min(rs)) for method, rs in every.items()}
+    if not bundle.multi_input:
+        return overall, {}
+    return overall, {name: {m: float(np.min(rs)) for (k, m), rs in corr.items() if k == index}
+                     for index, name in enumerate(bundle.input_names)}
+
+
+def layer_labels(bundle: ModelBundle, layers: list[str]) -> list[str]:
+    """How a refusal names each explained layer: '<layer>', or '<layer>' of input <NAME>."""
+    if not bundle.multi_input:
+        return [f"the explained layer '{layers[0]}'" if layers and layers[0] else "the explained layer"]
+    return [f"the explained layer '{layer}' of input {name}" for name, layer in zip(bundle.input_names, layers)]
 
 
 def verify_export(bundle: ModelBundle, reference, model_bytes: bytes, head_bytes: bytes | None,
                   head_module, mask_shapes, n: int, seed: int,
                   logit_tolerance: float, map_threshold: float) -> Verification:
     """The exported bytes in onnxruntime against ``reference`` (the PyTorch engine) on ``n``
-    held-out phantoms: logits, every method's class maps, the head, and batched logits."""
+    held-out phantoms (a multi-input model: cases, see :func:`heldout_cases`): logits, every
+    method's class maps of every input, the head, and batched logits."""
     import torch
 
     from engine.backends.onnx_backend import OnnxSessions
 
     sessions = OnnxSessions(model_bytes, head_bytes)
-    inputs, _ = heldout_inputs(bundle, n, seed)
+    inputs, _ = heldout_cases(bundle, n, seed)
+    labels = layer_labels(bundle, reference.target_names)
     max_err, head_err = 0.0, 0.0
-    corr: dict[str, float] = {}
-    problems: list[str] = []
+    corr: dict[tuple[int, str], list[float]] = {}  # (input index, method) -> every class map's r
     for i in range(n):
-        x = inputs[i : i + 1]
+        x = engine_input(inputs, i)
         ref = reference.explain(x)
         got = sessions.explain(x)
         max_err = max(max_err, float(np.abs(got.logits - ref.logits).max()))
-        ref_maps, got_maps = class_maps(ref.activations, ref.gradients), class_maps(got.activations, got.gradients)
-        for method in ref_maps:
-            r = min(class_map_correlations(got_maps[method], ref_maps[method]))
-            corr[method] = min(corr.get(method, 1.0), r)
+        for k, per_method in enumerate(layer_map_correlations(got, ref)):
+            for method, rs in per_method.items():
+                corr.setdefault((k, method), []).extend(rs)
         if head_bytes is not None:
             rng = np.random.default_rng(seed + i)
             masks = [(rng.random((4, *s)) >= 0.5).astype(np.float32) * 2.0 for s in mask_shapes]
@@ -140,18 +207,18 @@ def verify_export(bundle: ModelBundle, reference, model_bytes: bytes, head_bytes
             head_err = max(head_err, float(np.abs(sessions.head(got.head_input[None], ones)[0] - ref.logits).max()))
     # Batched plain forward must give the same logits as single images.
     if n >= 2:
-        batched = sessions.forward(inputs)
+        batched = sessions.forward(engine_input(inputs))
         with torch.no_grad():
-            want = reference.forward(inputs)
+            want = reference.forward(engine_input(inputs))
         max_err = max(max_err, float(np.abs(batched - want).max()))
+    problems: list[str] = []
     if not max_err <= logit_tolerance:
         problems.append(f"logits differ from PyTorch by up to {max_err:.3g} (limit {logit_tolerance:g})")
-    layer = reference.target_names[0]
-    for method, r in corr.items():
-        if not r >= map_threshold:
-            problems.append(f"{method} maps of the explained layer '{layer}' correlate only {r:.5f} with PyTorch's "
+    for (k, method), rs in corr.items():
+        if not np.min(rs) >= map_threshold:
+            problems.append(f"{method} maps of {labels[k]} correlate only {np.min(rs):.5f} with PyTorch's "
                             f"(limit {map_threshold})")
     if head_bytes is not None and not head_err <= logit_tolerance:
         problems.append(f"the MC-dropout head differs from PyTorch by up to {head_err:.3g}")
-    return Verification(n, max_err, corr, head_err, logit_tolerance, map_threshold, problems)
-
+    lowest, per_input = lowest_correlations(bundle, corr)
+    return Verification(n, max_err, lowest, head_err, logit_tolerance, map_threshold, problems, per_input)

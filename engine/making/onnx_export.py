@@ -13,6 +13,11 @@ Two files go into the bundle (design notes in ``docs/onnx-engine.md``):
     none of it and returns zeros, so one file (one copy of the weights) serves both plain
     batched inference and explanation.
 
+    A multi-input model's graph has one input ``input_<NAME>`` per model input (one batch axis
+    for all) and, per input, ``activations_<NAME>`` and ``gradients_<NAME>`` of that input's
+    explained layer; ``logits`` and ``head_input`` (the fused features) as above. (Names:
+    ``engine.backends.onnx_backend.explain_names``.)
+
 ``head.onnx`` (the *head graph*)
     inputs ``head_input`` (N, F...) and one ``mask<i>`` (N, F_i) per dropout layer of the head;
     output ``logits`` (N, C). Dropout becomes a multiplication by a mask the caller draws
@@ -26,8 +31,9 @@ convolution it computes, and the result is exported by ``torch.onnx.export(dynam
 traced part has a fixed batch of one; the rest of the model is exported normally with a dynamic
 batch axis.
 
-Export verifies the written bytes with onnxruntime on held-out phantoms against the PyTorch
-engine and refuses (nothing written, manifest unchanged) when they disagree.
+Export verifies the written bytes with onnxruntime on held-out phantoms (a multi-input model:
+cases of one phantom per input) against the PyTorch engine and refuses (nothing written,
+manifest unchanged) when they disagree.
 
 Where the parts live, all in ``engine/making/``: :mod:`~engine.making.export_modules` builds the
 torch modules to export, :mod:`~engine.making.fx_rewrites` rewrites the traced gradient into ops
@@ -39,6 +45,7 @@ with PyTorch. This module exports, verifies and writes.
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import tempfile
 import warnings
@@ -51,7 +58,7 @@ from engine.errors import LanternError, ModelBundleError
 from engine.files import write_bytes_atomic
 from engine.making.export_modules import build_modules
 from engine.making.export_verification import LOGIT_TOLERANCE, MAP_CORRELATION, VERIFY_SEED, verify_export
-from engine.making.onnx_graph import HEAD_INPUT, INPUT, OUTPUTS, set_metadata, split_gradient_branch
+from engine.making.onnx_graph import HEAD_INPUT, LOGITS, explain_names, set_metadata, split_gradient_branch
 
 MODEL_FILE = "model.onnx"
 HEAD_FILE = "head.onnx"
@@ -74,12 +81,18 @@ def _export_bytes(module, args, input_names, output_names, dynamic_shapes) -> by
         quiet = io.StringIO()
         saved = sys.stdout
         sys.stdout = quiet  # the dynamo exporter prints progress lines
+        # Its graph passes log a warning for every constant output (a constant gradient: the
+        # explained layer feeds a linear head), which is expected here, not a problem to report.
+        passes = logging.getLogger("onnx_ir")
+        level = passes.level
+        passes.setLevel(logging.ERROR)
         try:
             torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_shapes=dynamic_shapes, external_data=False)
         finally:
             sys.stdout = saved
+            passes.setLevel(level)
         proto = onnx.load(str(path))
     return proto
 
@@ -103,26 +116,32 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
     bundle = load_bundle(folder)
     if bundle.weights is None:
         raise ModelBundleError("export needs the bundle's safetensors weights", bundle.folder)
-    if bundle.multi_input:  # the explain graph has one input and one explained layer
-        raise ModelBundleError("ONNX export of a multi-input model is not written yet; it runs on the PyTorch "
-                               "engine", bundle.folder)
     reference = TorchBackend(bundle)  # the model exactly as the PyTorch engine runs it
     log("tracing the model and its all-class gradient ...")
-    explain, head, act_shape, head_shape, mask_shapes, probabilities = build_modules(bundle, reference)
-    channels, (height, width) = bundle.input.channels, bundle.input.size
-    example = torch.zeros(2, channels, height, width)
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    explain, head, grid_shapes, head_shape, mask_shapes, probabilities = build_modules(bundle, reference)
+    # A multi-input model's graph has an input and an explained layer per model input, named after
+    # it (onnx_backend.explain_names); an ordinary model's keeps the plain names.
+    inputs = bundle.input_names if bundle.multi_input else ()
+    feeds, _, gradients, outputs = explain_names(inputs)
+    specs = [i.spec for i in bundle.inputs] if bundle.multi_input else [bundle.input]
+    examples = tuple(torch.zeros(2, spec.channels, *spec.size) for spec in specs)
+    batch = torch.export.Dim("batch", min=1, max=4096)  # one batch axis, shared by every input
     log("exporting the explain graph ...")
     try:
-        proto = _export_bytes(explain, (example,), [INPUT], OUTPUTS, {"x": {0: batch}})
+        # The explain module's forward takes ``*xs``: the dynamic shapes are keyed by that name.
+        proto = _export_bytes(explain, examples, feeds, outputs, {"xs": tuple({0: batch} for _ in examples)})
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; its message names the op
         gist = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
         raise ExportRefused(f"torch.onnx.export could not write the explain graph (an operator without an ONNX "
                             f"form?), nothing was written: {type(exc).__name__}: {gist}", bundle.folder) from exc
-    proto = split_gradient_branch(proto, bundle.num_classes, tuple(act_shape))
+    shapes = {name: [bundle.num_classes, 1, *shape[1:]] for name, shape in zip(gradients, grid_shapes)}
+    proto = split_gradient_branch(proto, shapes)
+    described = "d logits[c] / d activations of image 0, shape (C, 1, K, h, w)"
+    multi = {"inputs": list(inputs), "target_layers": list(reference.target_names),
+             "branches": bundle.branches} if inputs else {}
     set_metadata(proto, graph="explain", architecture=bundle.architecture, classes=list(bundle.classes),
-                 target_layer=reference.target_names[0], outputs=list(OUTPUTS),
-                 gradients="d logits[c] / d activations of image 0, shape (C, 1, K, h, w)")
+                 target_layer=reference.target_names[0], outputs=list(outputs),
+                 gradients=described + (" for each input's explained layer" if inputs else ""), **multi)
     model_bytes = proto.SerializeToString()
     head_bytes = None
     if mask_shapes:
@@ -132,7 +151,7 @@ def export_bundle(folder: str | Path, *, verify_images: int = 8, seed: int = VER
         masks = tuple(torch.ones(2, *s) for s in mask_shapes)
         names = [HEAD_INPUT] + [f"mask{i}" for i in range(len(masks))]
         dyn = {"features": {0: n}, "masks": tuple({0: n} for _ in masks)}
-        head_proto = _export_bytes(head, (feats, *masks), names, ["logits"], dyn)
+        head_proto = _export_bytes(head, (feats, *masks), names, [LOGITS], dyn)
         set_metadata(head_proto, graph="head", dropout=probabilities,
                      masks="keep with probability 1-p, scaled by 1/(1-p)")
         head_bytes = head_proto.SerializeToString()

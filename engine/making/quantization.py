@@ -1,7 +1,8 @@
 """``lantern-engine quantize``: a static INT8 version of the exported explain graph.
 
 The fp32 explain graph (``model.onnx``, see ``onnx_export``) is flattened (its gradient branch
-always computed), calibrated with onnxruntime on phantoms from the training distribution, and
+always computed), calibrated with onnxruntime on phantoms from the training distribution (a
+multi-input model: cases of one phantom per input, ``export_verification.heldout_cases``), and
 quantized in QDQ format with per-channel int8 weights. Activations are quantized in the forward
 part of the network (everything that produces logits, activations and head input); the gradient
 part (the gradient convolutions and ReLU masks behind the explained layer) computes in fp32 from
@@ -31,14 +32,15 @@ import numpy as np
 from engine.bundle import ModelBundle, load_bundle, update_manifest
 from engine.errors import LanternError, ModelBundleError
 from engine.files import write_bytes_atomic
-from engine.making.export_verification import VERIFY_SEED, heldout_inputs
+from engine.making.export_verification import VERIFY_SEED, heldout_cases
 from engine.making.int8_validation import (  # noqa: F401 - the thresholds are this command's defaults
     MAX_ACCURACY_DROP, MAX_SIZE_RATIO, MIN_MAP_CORRELATION, Int8Validation, validate_int8,
 )
 from engine.making.int8_weights import reuse_int8_weights_in_gradient, unshare_weight_dequantizers
 from engine.making.onnx_export import HEAD_FILE
 from engine.making.onnx_graph import (
-    INPUT, flatten_gradient_branch, fold_weight_transposes, set_metadata, split_gradient_branch, upstream_nodes,
+    WITH_GRADIENTS, flatten_gradient_branch, fold_weight_transposes, gradient_outputs, gradient_shapes, set_metadata,
+    split_gradient_branch, upstream_nodes,
 )
 
 INT8_FILE = "model.int8.onnx"
@@ -55,18 +57,19 @@ class QuantizationRefused(LanternError):
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over prepared inputs, one image per call."""
+    """onnxruntime CalibrationDataReader over prepared inputs, one image (a multi-input model: one
+    case, an image per input) per call."""
 
-    def __init__(self, inputs: np.ndarray):
-        self.inputs = inputs
+    def __init__(self, names: list[str], inputs: tuple[np.ndarray, ...]):
+        self.names, self.inputs = names, inputs
         self.index = 0
 
     def get_next(self):
-        if self.index >= len(self.inputs):
+        if self.index >= len(self.inputs[0]):
             return None
-        x = self.inputs[self.index : self.index + 1]
+        i = self.index
         self.index += 1
-        return {INPUT: x}
+        return {name: x[i : i + 1] for name, x in zip(self.names, self.inputs)}
 
     def rewind(self):
         self.index = 0
@@ -76,14 +79,15 @@ _COMPARISONS = ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal")
 
 
 def gradient_node_names(flat, backward_only: bool = False) -> list[str]:
-    """Names of the nodes only the ``gradients`` output needs (naming unnamed nodes on the way);
+    """Names of the nodes only the gradient outputs need (naming unnamed nodes on the way);
     with ``backward_only``, without the gradient part's re-run of the forward layers."""
     graph = flat.graph
     for i, node in enumerate(graph.node):
         if not node.name:
             node.name = f"node_{i}_{node.op_type}"
-    main = upstream_nodes(graph, [o.name for o in graph.output if o.name != "gradients"])
-    gradient = upstream_nodes(graph, ["gradients"]) - main
+    gradients = gradient_outputs(graph)
+    main = upstream_nodes(graph, [o.name for o in graph.output if o.name not in gradients])
+    gradient = upstream_nodes(graph, gradients) - main
     if backward_only:
         # The gradient part first re-runs the layers after the explained one for its image
         # (forward values: what the ReLU masks compare), then runs the backward. The forward
@@ -110,8 +114,9 @@ def attention_recipe(graph) -> tuple[list[str], list[str]]:
     return list(WEIGHT_OPS), products
 
 
-def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: bool = False) -> bytes:
-    """The int8 explain graph as bytes (with its gradient branch split off again)."""
+def quantize_bytes(fp32_path: Path, calibration: tuple[np.ndarray, ...] | None, *, dynamic: bool = False) -> bytes:
+    """The int8 explain graph as bytes (with its gradient branch split off again). ``calibration``:
+    one array of prepared inputs per graph input, in the graph's order."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static,
@@ -126,9 +131,9 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: 
     if any(node.op_type == "Softmax" for node in flat.graph.node):
         op_types, products = attention_recipe(flat.graph)
         exclude += products
-    n_classes = next(o for o in flat.graph.output if o.name == "logits").type.tensor_type.shape.dim[1].dim_value
-    act_dims = next(o for o in flat.graph.output if o.name == "activations").type.tensor_type.shape.dim
-    act_shape = tuple(d.dim_value for d in act_dims)
+    shapes = gradient_shapes(flat.graph)
+    initializers = {i.name for i in flat.graph.initializer}
+    feeds = [i.name for i in flat.graph.input if i.name != WITH_GRADIENTS and i.name not in initializers]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "flat.onnx", Path(tmp) / "int8.onnx"
         onnx.save(flat, str(src))
@@ -139,7 +144,7 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: 
             # Excluded (gradient) nodes still read their weights through the DequantizeLinear of
             # the shared int8 initializer, so no weight is stored twice.
             quantize_static(
-                src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                src, dst, _Reader(feeds, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, op_types_to_quantize=op_types,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
@@ -147,7 +152,7 @@ def quantize_bytes(fp32_path: Path, calibration: np.ndarray | None, *, dynamic: 
     if not dynamic:
         reuse_int8_weights_in_gradient(quantized, set(exclude))
         unshare_weight_dequantizers(quantized, set(gradient_node_names(quantized)))
-    quantized = split_gradient_branch(quantized, n_classes, act_shape)
+    quantized = split_gradient_branch(quantized, shapes)
     del quantized.metadata_props[:]
     for entry in proto.metadata_props:
         quantized.metadata_props.add().CopyFrom(entry)
@@ -168,11 +173,16 @@ def quantize_bundle(folder: str | Path, *, calibration_images: int = CALIBRATION
     if fp32 is None:
         raise ModelBundleError("the bundle has no fp32 ONNX model yet; run 'lantern-engine export' first",
                                bundle.folder)
+    from engine.backends.onnx_backend import OnnxSessions, check_graph_inputs
+
+    # Calibration and validation feed the manifest's inputs in its order.
+    check_graph_inputs(OnnxSessions(fp32, None).inputs, bundle, fp32.name)
     started = time.perf_counter()
     calibration = None
     if not dynamic:
         log(f"preparing {calibration_images} calibration phantoms ...")
-        calibration, _ = heldout_inputs(bundle, calibration_images, CALIBRATION_SEED)
+        # A multi-input model calibrates on cases: one phantom per input, each prepared for its input.
+        calibration, _ = heldout_cases(bundle, calibration_images, CALIBRATION_SEED)
     log("quantizing ...")
     int8 = quantize_bytes(fp32, calibration, dynamic=dynamic)
     method = "dynamic" if dynamic else "static QDQ, per-channel int8 weights, fp32 backward"
