@@ -155,13 +155,25 @@ def target_layer_name(bundle: ModelBundle) -> str:
     return bundle.target_layer or ARCHITECTURES[bundle.architecture].target_layer
 
 
+def read_safetensors(path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, read into memory and deserialized (no pickle).
+
+    Not safetensors.torch.load_file: its memory-mapped loading calls back into torch from Rust,
+    and twice in one day it deadlocked on a viewer worker thread (that thread waiting on a futex
+    inside UntypedStorage.__getitem__ while holding the GIL, the GUI thread waiting for the GIL).
+    Reading the bytes first has no such callbacks; a bundle's weights fit in memory anyway."""
+    from safetensors.torch import load
+
+    with open(path, "rb") as f:
+        return load(f.read())
+
+
 def load_weights(model: nn.Module, bundle: ModelBundle) -> None:
     """Load safetensors weights (no pickle), explaining mismatches in plain words."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
-        state = load_file(str(bundle.weights))
+        state = read_safetensors(bundle.weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelBundleError(f"the weights file could not be read as safetensors: {exc}", bundle.folder) from exc
     expected = model.state_dict()

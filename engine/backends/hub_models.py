@@ -15,7 +15,7 @@ import os
 from torch import nn
 
 from engine.backends.architectures import (
-    CHANNELS_LAST, CLASS_TOKEN, PATCH_TOKENS, ArchitectureInfo, LinearWithDropout)
+    CHANNELS_LAST, CLASS_TOKEN, PATCH_TOKENS, ArchitectureInfo, LinearWithDropout, read_safetensors)
 from engine.bundle import ModelBundle
 from engine.checkpoints import CNN, HUGGING_FACE, HUGGING_FACE_FAMILIES, SWIN, TIMM, VIT, timm_family
 from engine.errors import EngineUnavailableError, ModelBundleError
@@ -135,7 +135,6 @@ def _timm_model(bundle: ModelBundle) -> nn.Module:
     except ImportError as exc:
         raise EngineUnavailableError(f"opening a timm checkpoint needs timm: {_INSTALL_HINT}", bundle.folder) from exc
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     config = json.loads((bundle.folder / "config.json").read_text(encoding="utf-8"))
     arch = bundle.architecture.removeprefix(TIMM)
@@ -153,7 +152,7 @@ def _timm_model(bundle: ModelBundle) -> nn.Module:
                                f"{bundle.input.size[1]} differs from the model's img_size {side[0]} x {side[1]}, "
                                "the only size it takes", bundle.folder)
     try:
-        state = load_file(str(bundle.weights))
+        state = read_safetensors(bundle.weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelBundleError(f"the weights file could not be read as safetensors: {exc}", bundle.folder) from exc
     classifier = state.get(_timm_classifier(bundle, model) + ".weight")
