@@ -25,19 +25,7 @@ from viewer.main_window import MainWindow  # noqa: E402
 from viewer.settings import Settings  # noqa: E402
 from viewer.worklist import output_folder  # noqa: E402
 
-TIMEOUT = 30_000
-
-
-@pytest.fixture
-def window(qtbot, tmp_path, demo_bundle):
-    win = MainWindow(Settings(tmp_path / "settings.ini"))
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    win.worklist.output_root = tmp_path / "worklists"
-    win.load_model(demo_bundle, "onnx-int8")
-    qtbot.waitUntil(lambda: win.session.model is not None, timeout=TIMEOUT)
-    return win
+from tests.viewer.test_worklist import TIMEOUT, window  # noqa: E402,F401 (the worklist's window fixture)
 
 
 @pytest.fixture
