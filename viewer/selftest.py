@@ -286,6 +286,11 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
         return 1
     analysis = window.session.analysis
     report.check(analysis.engine == engine_name, "analysed by the requested engine", analysis.engine)
+    check = analysis.input_check  # the bundle's ood.safetensors must ship and be read without torch
+    report.check(check is not None and check.score is not None and not check.outside,
+                 "the out-of-distribution check scored the demo study inside the model's world",
+                 "no score" if check is None or check.score is None
+                 else f"score {check.score:.1f}, threshold {check.threshold:.1f}; {'; '.join(check.reasons)}")
     print(f"  cold start: {cold:.2f} s from {origin_label} to the shown window with "
           f"{analysis.source.name} analysed (target < {COLD_START_TARGET_S:.0f} s"
           f"{'' if cold < COLD_START_TARGET_S else ': MISSED'})", flush=True)
