@@ -10,8 +10,10 @@ STAMP  := $(VENV)/.lantern-installed
 QT_SYSTEM_LIBS := libegl1 libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 \
 	libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 xvfb xauth nasm
-# The tests check every DICOM file Lantern writes with dicom3tools' validator (dciodvfy).
-DICOM_TOOLS := dicom3tools
+# The tests check every DICOM file Lantern writes with dicom3tools' validator (dciodvfy), and talk
+# to Lantern's DICOM node with real peers: dcmtk's storescu/echoscu/findscu/movescu and an Orthanc
+# PACS that the tests start and stop themselves on loopback.
+DICOM_TOOLS := dicom3tools dcmtk orthanc
 SYSTEM_PACKAGES := $(QT_SYSTEM_LIBS) $(DICOM_TOOLS)
 
 .PHONY: setup system-deps run test bench screenshots package demo-model clean
