@@ -31,10 +31,14 @@ class CamMethod(ABC):
         """(C, h, w) maps on an absolute scale: units of the class logit, comparable across
         images and classes of the same model."""
         weights = self.weights(activations, gradients)
+        # One matrix product (channel weights) or one broadcast sum (position weights): the same
+        # sums as einsum, whose optimize=True searched a contraction path on every call (0.38 ms
+        # of a 20 ms INT8 analysis, against 0.09 ms for the product).
+        k, h, w = activations.shape
         if weights.ndim == 2:
-            maps = np.einsum("ck,khw->chw", weights, activations, optimize=True)
+            maps = (weights @ activations.reshape(k, h * w)).reshape(-1, h, w)
         else:
-            maps = np.einsum("ckhw,khw->chw", weights, activations, optimize=True)
+            maps = (weights * activations[None]).sum(axis=1)
         return np.maximum(maps, 0.0).astype(np.float32)
 
 
@@ -110,7 +114,7 @@ class ClassMaps:
         self.geometry = geometry
         self.alignment = alignment
         self._warped: dict[int, np.ndarray] = {}
-        self._cell_rows, self._cell_cols, self._on_image = self._cell_centres()
+        self._centres: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # on first use: analyze never needs them
         self._lock = threading.Lock()  # a worker and the GUI thread may ask for the same class
         self._peaks: np.ndarray | None = None  # per-class display peaks shared with other images
 
@@ -159,15 +163,20 @@ class ClassMaps:
     @property
     def on_image(self) -> np.ndarray:
         """(h, w) bool: grid cells whose centre lies on the source image."""
-        return self._on_image
+        return self._cell_info()[2]
 
     def image_peak(self, class_index: int) -> float:
         """The class's largest value among the cells over the image (absolute units)."""
-        return float(self.grid[class_index][self._on_image].max())
+        return float(self.grid[class_index][self.on_image].max())
 
     def _unit(self, class_index: int) -> np.float32:
         peak = self.image_peak(class_index) if self._peaks is None else float(self._peaks[class_index])
         return np.float32(1.0 / peak if peak > _EPS else 0.0)
+
+    def _cell_info(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._centres is None:  # pure: two threads computing it at once get the same arrays
+            self._centres = self._cell_centres()
+        return self._centres
 
     def _cell_centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Source (row, column) of every grid cell's centre, and which centres fall on the image:
@@ -198,8 +207,9 @@ class ClassMaps:
 
         Found on the grid, among the cells over the image, and carried to the source through the
         geometry: bilinear warping puts the maximum where the peak cell's centre lands."""
-        grid = np.where(self._on_image, self.grid[class_index], -np.inf)
+        rows, cols, on_image = self._cell_info()
+        grid = np.where(on_image, self.grid[class_index], -np.inf)
         cell = np.unravel_index(int(np.argmax(grid)), grid.shape)
         H, W = self.shape
-        return (int(np.clip(round(self._cell_rows[cell]), 0, H - 1)),
-                int(np.clip(round(self._cell_cols[cell]), 0, W - 1)))
+        return (int(np.clip(round(rows[cell]), 0, H - 1)),
+                int(np.clip(round(cols[cell]), 0, W - 1)))

@@ -105,6 +105,7 @@ class OnnxSessions:
         self.head_session = open_session(head) if head is not None else None
         self.dropout: list[float] = []
         self.mask_shapes: list[tuple[int, ...]] = []
+        self._masks: dict[tuple[int, int], list[np.ndarray]] = {}
         if self.head_session is not None:
             meta = self.head_session.get_modelmeta().custom_metadata_map
             self.dropout = [float(p) for p in json.loads(meta.get("lantern.dropout", "[]"))]
@@ -142,10 +143,21 @@ class OnnxSessions:
         return self.head_session.run([LOGITS], feed)[0]
 
     def dropout_masks(self, samples: int, seed: int) -> list[np.ndarray]:
-        """Inverted-dropout masks: keep with probability 1 - p, kept values scaled by 1 / (1 - p)."""
-        rng = np.random.default_rng(seed)
-        return [((rng.random((samples, *shape)) >= p) * (1.0 / (1.0 - p))).astype(np.float32)
-                for p, shape in zip(self.dropout, self.mask_shapes)]
+        """Inverted-dropout masks: keep with probability 1 - p, kept values scaled by 1 / (1 - p).
+
+        A pure function of (samples, seed), and every analysis asks for the same pair: drawn once
+        and kept (read-only), which saves ~0.35 ms per image for a wide head."""
+        found = self._masks.get((samples, seed))
+        if found is None:
+            rng = np.random.default_rng(seed)
+            found = [((rng.random((samples, *shape)) >= p) * (1.0 / (1.0 - p))).astype(np.float32)
+                     for p, shape in zip(self.dropout, self.mask_shapes)]
+            for mask in found:
+                mask.setflags(write=False)
+            if len(self._masks) > 8:  # callers varying the seed per image must not grow it forever
+                self._masks.clear()
+            self._masks[(samples, seed)] = found
+        return found
 
 
 class OnnxBackend:
