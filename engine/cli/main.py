@@ -38,6 +38,9 @@ def _add_batch_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lantern-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from engine.cli.network_commands import add_network_parsers
+
+    add_network_parsers(sub)  # query, retrieve, send
 
     p = sub.add_parser("explain", help="analyse images; write result.json and one overlay PNG per class")
     p.add_argument("files", nargs="*", type=Path, help="images, each analysed on its own")
@@ -155,6 +158,8 @@ def _bundle_from(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "run", None) is not None:  # commands that name their own handler
+            return args.run(args)
         if args.command == "explain":
             from engine.cli.commands import explain_files
 
