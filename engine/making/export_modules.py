@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.bundle import ModelBundle
 from engine.errors import ModelBundleError
+from engine.making.token_tails import class_token_tails
 from engine.making.fx_rewrites import (
     fold_batch_norms, merge_per_class_convolutions, rewrite_convolution_backward, traceable_attention)
 
@@ -117,8 +118,10 @@ def build_modules(bundle: ModelBundle, reference):
         def per_class(t):
             return t.expand(acts[0].shape[0], *t.shape[1:]) if isinstance(t, torch.Tensor) else t
 
-        logits, *_ = run([per_class(x) for x in xs0], replace_targets=acts,
-                         replace_block_inputs=[per_class(b) for b in bs0])
+        # A torchvision ViT's last block runs for the class token alone here (token_tails.py).
+        with class_token_tails(model, blocks):
+            logits, *_ = run([per_class(x) for x in xs0], replace_targets=acts,
+                             replace_block_inputs=[per_class(b) for b in bs0])
         return logits
 
     n_classes = bundle.num_classes
