@@ -106,6 +106,7 @@ class OnnxSessions:
         self.dropout: list[float] = []
         self.mask_shapes: list[tuple[int, ...]] = []
         self._masks: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.head_takes_one_row = False
         if self.head_session is not None:
             meta = self.head_session.get_modelmeta().custom_metadata_map
             self.dropout = [float(p) for p in json.loads(meta.get("lantern.dropout", "[]"))]
@@ -113,6 +114,10 @@ class OnnxSessions:
             self.mask_shapes = [tuple(int(d) for d in i.shape[1:]) for i in masks]
             if len(self.dropout) != len(self.mask_shapes):
                 raise ModelBundleError("the head graph's dropout metadata does not match its masks")
+            # Heads exported since Lantern 0.1 take one image's features (batch 1) and broadcast
+            # them over the masks; older ones one row per sample.
+            features = next(i for i in self.head_session.get_inputs() if i.name == HEAD_INPUT)
+            self.head_takes_one_row = features.shape[0] == 1
 
     def _feed(self, batch, gradients: bool, first_only: bool = False) -> dict[str, np.ndarray]:
         arrays = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
@@ -192,5 +197,6 @@ class OnnxBackend:
     def mc_logits(self, head_input: np.ndarray, samples: int, seed: int) -> np.ndarray:
         if not self.has_dropout:
             raise ValueError("this model has no dropout in its head")
-        features = np.broadcast_to(head_input, (samples, *head_input.shape))
+        rows = 1 if self.sessions.head_takes_one_row else samples
+        features = np.broadcast_to(head_input, (rows, *head_input.shape))
         return self.sessions.head(features, self.sessions.dropout_masks(samples, seed))

@@ -199,7 +199,8 @@ def verify_export(bundle: ModelBundle, reference, model_bytes: bytes, head_bytes
         if head_bytes is not None:
             rng = np.random.default_rng(seed + i)
             masks = [(rng.random((4, *s)) >= 0.5).astype(np.float32) * 2.0 for s in mask_shapes]
-            feats = np.broadcast_to(got.head_input, (4, *got.head_input.shape)).copy()
+            rows = 1 if sessions.head_takes_one_row else 4
+            feats = np.broadcast_to(got.head_input, (rows, *got.head_input.shape)).copy()
             with torch.no_grad():
                 want = head_module(torch.from_numpy(feats), *map(torch.from_numpy, masks)).numpy()
             head_err = max(head_err, float(np.abs(sessions.head(feats, masks) - want).max()))
