@@ -134,6 +134,10 @@ def _ratios(report: dict) -> dict:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "listen", False):
+        from engine.cli.bench_listen import listen_bench_command
+
+        return listen_bench_command(args)
     if getattr(args, "ood", False):
         from engine.cli.bench_ood import ood_bench, print_ood_report
 

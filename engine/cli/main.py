@@ -1,5 +1,5 @@
 """``lantern-engine``: the engine from the command line (explain, bundle, bench, train-demo, export,
-quantize, evaluate, batch)."""
+quantize, evaluate, batch, listen)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def _add_batch_parser(sub) -> None:
                    help="pseudonymize patient IDs and strip identifying attributes from exports and the worklist")
 
 
+def _add_listen_parser(sub) -> None:
+    p = sub.add_parser("listen", help="a DICOM node: receive images (C-STORE, C-ECHO) into an inbox and triage them "
+                       "as they arrive, into the same outputs as batch")
+    p.add_argument("--ae", default="LANTERN", help="this node's AE title (default: LANTERN)")
+    p.add_argument("--port", type=int, default=11112, help="TCP port (default: 11112; 0: any free port)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--inbox", type=Path, required=True, help="folder the received images are written to")
+    p.add_argument("--out", type=Path, required=True, help="output folder (not inside the inbox)")
+    p.add_argument("--allow", nargs="+", action="extend", default=[], metavar="AE",
+                   help="calling AE titles that may send (required unless --allow-any)")
+    p.add_argument("--allow-host", nargs="+", action="extend", default=[], metavar="ADDR",
+                   help="peer addresses or networks (10.0.0.0/8) that may send (default: any that can reach --bind)")
+    p.add_argument("--allow-any", action="store_true", help="accept any calling AE title")
+    p.add_argument("--min-free-mb", type=float, default=500,
+                   help="refuse images (out of resources) rather than leave less free space than this in the inbox")
+    p.add_argument("--tls-cert", type=Path, help="TLS: this node's certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="TLS: its private key (PEM)")
+    p.add_argument("--tls-ca", type=Path, help="TLS: CA certificates a sender's certificate must be signed by "
+                   "(makes client certificates required)")
+    _add_model_args(p)
+    p.add_argument("--mc", type=int, default=DEFAULT_SAMPLES, help="Monte-Carlo dropout samples for the confidence (0: none)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="flag images whose confidence is below this")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lantern-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicted class or all classes, into result.json")
 
     _add_batch_parser(sub)
+    _add_listen_parser(sub)
 
     p = sub.add_parser("bundle", help="wrap a trained torchvision state dict, or a Hugging Face or timm checkpoint "
                        "folder (--from), into a model bundle")
@@ -95,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", action="store_true",
                    help="instead: how well the out-of-distribution check separates held-out phantoms from "
                    "pydicom's test images and other phantoms (AUROC, shares flagged, cost; default engine onnx-int8)")
+    p.add_argument("--listen", action="store_true",
+                   help="instead: the listener (listen) receiving --instances demo images from 4 storescu at once "
+                   "and analysing them: images received and analysed per second (default engine onnx-int8)")
+    p.add_argument("--instances", type=int, default=400, help="with --listen: images to send")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--package", type=Path, default=None,
@@ -168,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             from engine.cli.batch_command import batch_command
 
             return batch_command(args)
+        if args.command == "listen":
+            from engine.cli.listen_command import listen_command
+
+            return listen_command(args)
         if args.command == "bundle":
             if args.source is not None:
                 return _bundle_from(args)
