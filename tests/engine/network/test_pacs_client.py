@@ -138,3 +138,36 @@ def test_a_badly_written_node_is_refused_in_plain_words(text):
 
     with pytest.raises(LanternError, match="AE@HOST:PORT|AE title"):
         parse_node(text)
+
+
+def test_move_sends_the_study_to_lanterns_listener(tmp_path):
+    """C-MOVE: the PACS opens its own association to Lantern's listener (which it knows as a
+    modality) and the study lands in the inbox under its Study Instance UID."""
+    from engine.network.query_retrieve import move_study
+    from engine.network.storage_scp import StorageSCP
+    from tests.dicom_peers import free_port
+
+    port = free_port()
+    with StorageSCP(tmp_path / "inbox", ae_title="LANTERN", port=port, allowed_ae=["ORTHANC"]) as listener, \
+            running_orthanc(tmp_path / "pacs", {CALLING: ("127.0.0.1", 1), "LANTERN": ("127.0.0.1", port)}) as pacs:
+        send_files(node(pacs), CALLING, sorted(DEMO_STUDIES.glob("*.dcm")))
+        study = find_studies(node(pacs), CALLING, StudyQuery(patient_id="LANTERN-DEMO-4"))[0]
+        result = move_study(node(pacs), CALLING, study.study_uid, "LANTERN")
+        assert (result.completed, result.failed, result.cancelled) == (1, 0, False)
+        arrived = list((tmp_path / "inbox").rglob("*.dcm"))
+        assert [p.parent.name for p in arrived] == [study.study_uid]
+        assert [e.kind for e in listener.recent_events()] == ["stored"]
+        with pytest.raises(LanternError, match="could not send the study"):
+            move_study(node(pacs), CALLING, study.study_uid, "NOBODY")  # a destination the PACS does not know
+
+
+def test_retrieve_command_gets_a_study_into_an_inbox(pacs, tmp_path, capsys):
+    from engine.cli.main import main
+
+    study = find_studies(node(pacs), CALLING, StudyQuery(patient_id="LANTERN-DEMO-3"))[0]
+    address = f"{pacs.aet}@127.0.0.1:{pacs.port}"
+    assert main(["retrieve", "--pacs", address, "--aet", CALLING, "--study", study.study_uid,
+                 "--inbox", str(tmp_path / "inbox")]) == 0
+    assert "1 received, 0 failed" in capsys.readouterr().err
+    (only,) = (tmp_path / "inbox").rglob("*.dcm")
+    assert pydicom.dcmread(only).PatientID == "LANTERN-DEMO-3"
