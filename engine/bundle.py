@@ -284,8 +284,6 @@ def _inputs(manifest: dict, arch: str, folder: Path) -> tuple[tuple[NamedInput, 
         raise ModelBundleError("manifest.json has both 'input' and 'inputs'; a model has one or the other", folder)
     if not (isinstance(raw, list) and 2 <= len(raw) <= 8 and all(isinstance(r, dict) for r in raw)):
         raise ModelBundleError("manifest.json: 'inputs' must list 2 to 8 input objects", folder)
-    if arch.startswith(("vit_", "swin_")):
-        raise ModelBundleError(f"multi-input models take convolutional backbones; '{arch}' is a transformer", folder)
     branches = manifest.get("branches", "shared")
     if branches not in BRANCH_RULES:
         raise ModelBundleError(f"manifest.json: 'branches' must be one of {', '.join(BRANCH_RULES)}", folder)
@@ -296,7 +294,7 @@ def _inputs(manifest: dict, arch: str, folder: Path) -> tuple[tuple[NamedInput, 
             raise ModelBundleError(f"manifest.json: input {n} needs a 'name' of letters, digits and '_' "
                                    f"(starting with a letter, at most 32), not {name!r}", folder)
         branch_arch = entry.get("architecture", arch)
-        if branch_arch not in ARCHITECTURES or branch_arch.startswith(("vit_", "swin_")):
+        if branch_arch not in ARCHITECTURES:
             raise ModelBundleError(f"manifest.json: input '{name}' names an unknown or unsupported backbone "
                                    f"'{branch_arch}'", folder)
         views = entry.get("view_positions", [])

@@ -147,8 +147,16 @@ class TorchBackend:
         self.has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.head.modules())
         # Transformers explain tokens: laid out on the patch grid (the patch projection's stride)
         # before any CAM rule sees them, so their maps land on the image as a CNN's do.
-        self.tokens = info.tokens
-        self.patch = self.model.get_submodule(info.first_conv).stride if info.tokens else (1, 1)
+        # One layout per model input: a multi-input model's branches may be different families.
+        if bundle.multi_input and not is_checkpoint_bundle(bundle):
+            prefixes = (["backbone."] * len(bundle.inputs) if bundle.branches == "shared"
+                        else [f"branches.{i.name}." for i in bundle.inputs])
+            families = [(ARCHITECTURES[i.architecture], prefix) for i, prefix in zip(bundle.inputs, prefixes)]
+        else:
+            families = [(info, "")]
+        self.layouts = [(family.tokens, self.model.get_submodule(prefix + family.first_conv).stride
+                         if family.tokens else (1, 1)) for family, prefix in families]
+        self.tokens, self.patch = self.layouts[0]
         self.lock = threading.RLock()  # held by every call: see the module's docstring
 
     @property
@@ -173,19 +181,20 @@ class TorchBackend:
                 logits = self.model(*xs)
                 every = all_class_gradients(logits, tuple(store.activations))
             layers = []
-            for x, activation, gradients in zip(xs, store.activations, every):
-                activation, gradients = self.on_grid(activation.detach(), gradients, tuple(x.shape[-2:]))
+            for k, (x, activation, gradients) in enumerate(zip(xs, store.activations, every)):
+                activation, gradients = self.on_grid(activation.detach(), gradients, tuple(x.shape[-2:]), k)
                 layers.append(ExplainedLayer(activation[0].numpy(), gradients[:, 0].numpy()))
         return ForwardOutputs(logits=logits[0].detach().numpy(), layers=tuple(layers),
                               head_input=store.head_input[0].numpy())
 
     def on_grid(self, activation: torch.Tensor, gradients: torch.Tensor,
-                input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                input_size: tuple[int, int], input_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The explained layer's activation and gradients laid out as (B, K, h, w) and
-        (C, B, K, h, w) for an input of ``input_size`` (architectures.to_grid; the ONNX export
-        calls this too, so both engines lay tokens out by the same rule)."""
-        grid = (input_size[0] // self.patch[0], input_size[1] // self.patch[1])
-        return to_grid(activation, gradients, self.tokens, grid)
+        (C, B, K, h, w) for model input ``input_index`` of ``input_size`` (architectures.to_grid;
+        the ONNX export calls this too, so both engines lay tokens out by the same rule)."""
+        tokens, patch = self.layouts[input_index]
+        grid = (input_size[0] // patch[0], input_size[1] // patch[1])
+        return to_grid(activation, gradients, tokens, grid)
 
     def mc_logits(self, head_input: np.ndarray, samples: int, seed: int) -> np.ndarray:
         if not self.has_dropout:

@@ -68,7 +68,7 @@ def build_modules(bundle: ModelBundle, reference):
     def on_grid(k, activation, gradients):
         # A transformer's tokens go onto the patch grid inside the graph, by the PyTorch engine's
         # own rule (architectures.to_grid), so the ONNX engine gets (B, K, h, w) as from a CNN.
-        return reference.on_grid(activation, gradients, specs[k].size)
+        return reference.on_grid(activation, gradients, specs[k].size, k)
 
     def run(xs, replace_targets=None, replace_block_inputs=None):
         """The model on the inputs xs; returns (logits, explained activations, head input, the

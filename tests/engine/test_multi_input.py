@@ -50,7 +50,7 @@ def _manifest(**changes):
     ({"inputs": [{"name": "PA", "channels": 2, "size": 64}, {"name": "LAT", "channels": 1, "size": 64}]},
      "input 'PA': input channels"),
     ({"branches": "both"}, "'branches' must be one of"),
-    ({"architecture": "vit_b_16"}, "transformer"),
+    ({"architecture": "vit_b_17"}, "architecture|backbone"),
     ({"inputs": [{"name": "PA", "channels": 1, "size": 64, "view_positions": "PA"},
                  {"name": "LAT", "channels": 1, "size": 64}]}, "View Position"),
 ])

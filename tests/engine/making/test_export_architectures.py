@@ -233,3 +233,45 @@ def test_vision_transformers_export_quantize_and_explain_on_every_engine(archite
             assert maps.grid.shape == (3, *grid)
             for c in range(3):
                 assert map_correlation(maps.grid[c], results["torch"].maps[method].grid[c]) >= limit, (engine, method, c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("branches", ["shared", "separate"])
+def test_transformer_branches_of_a_multi_input_model_on_every_engine(branches, tmp_path, monkeypatch):
+    """ViT branches (shared), or a ViT and a Swin branch (separate): each input's tokens go onto its
+    own patch grid, the export verifies, and a case's maps agree between engines input by input."""
+    pytest.importorskip("onnxruntime")
+    torchvision = pytest.importorskip("torchvision")
+    from engine.analysis import AnalysisOptions, analyze, load_model
+    from engine.making.export_verification import MAP_CORRELATION, map_correlation
+    from engine.making.onnx_export import export_bundle
+    from engine.making.training import phantom_image
+    from engine.synthetic.phantoms import make_dataset
+    from tests.conftest import make_multi_input_bundle
+
+    def twelve_layer_vit(architecture, **options):  # vit_b_16's default layer is its 12th block's
+        if not architecture.startswith("vit_"):
+            return _tiny_torchvision(architecture, **options)
+        torch_module = pytest.importorskip("torch")
+        torch_module.manual_seed(0)
+        return torchvision.models.VisionTransformer(image_size=options["image_size"], patch_size=16, num_layers=12,
+                                                    num_heads=2, hidden_dim=16, mlp_dim=32,
+                                                    num_classes=options["num_classes"])
+
+    monkeypatch.setattr(torchvision.models, "get_model", twelve_layer_vit)
+    if branches == "shared":
+        extra = {"architecture": "vit_b_16"}
+    else:
+        extra = {"architecture": "vit_b_16", "inputs": [
+            {"name": "PA", "channels": 1, "size": [64, 64], "architecture": "vit_b_16"},
+            {"name": "LAT", "channels": 1, "size": [64, 64], "architecture": "swin_t"}]}
+    folder = make_multi_input_bundle(tmp_path / branches, branches=branches, **extra)
+    export_bundle(folder, verify_images=2)
+    case = {name: phantom_image(make_dataset(1, seed=seed)[0][0]) for name, seed in (("PA", 3), ("LAT", 4))}
+    options = AnalysisOptions(methods=("gradcam",), mc_samples=4)
+    want, got = (analyze(case, load_model(folder, e), options) for e in ("torch", "onnx"))
+    grids = [(4, 4), (4, 4)] if branches == "shared" else [(4, 4), (8, 8)]
+    for view_want, view_got, grid in zip(want.views, got.views, grids):
+        assert view_want.maps["gradcam"].grid.shape[1:] == view_got.maps["gradcam"].grid.shape[1:] == grid
+        for c in range(3):
+            assert map_correlation(view_got.maps["gradcam"].grid[c], view_want.maps["gradcam"].grid[c]) >= MAP_CORRELATION
