@@ -1,6 +1,7 @@
 """File > Export: the side-by-side picture (PNG at the source's resolution, with the reader's
 window, colormap, opacity and threshold), the result (JSON), the explanation as DICOM (Secondary
-Capture in the source's study) and a one-page HTML report.
+Capture, a Parametric Map per class and a structured report, in the source's study) and a one-page
+HTML report.
 
 Each asks where through a save dialog that proposes a name no file has yet; if the chosen name
 exists by the time it is written, the export takes a fresh name beside it (files.unused_path):
@@ -91,9 +92,17 @@ class Exporter:
             record = analysis.to_dict(method) | {"shown": {"method": method, "class": analysis.classes[class_index]}}
             job = lambda: write_json_atomic(unused_path(path), record)  # noqa: E731
         elif kind == "dicom":
-            from engine.exports.dicom_export import export_dicom
+            bundle = window.session.model.bundle if window.session.model is not None else None
 
-            job = lambda: export_dicom(path, image, analysis, method, class_index, pseudonyms=pseudonyms)  # noqa: E731
+            def job():
+                # Imported here, off the GUI thread: highdicom takes a moment to load.
+                from engine.exports.dicom_objects import export_dicom_objects, model_manufacturer
+
+                # The Secondary Capture at the chosen name, each class's Parametric Map and the
+                # structured report beside it (name-pm-1-class.dcm, name-sr.dcm); the SC is reported.
+                maker = model_manufacturer(bundle) if bundle is not None else None
+                return export_dicom_objects(path.parent, image, analysis, method=method, class_index=class_index,
+                                            pseudonyms=pseudonyms, name=path.stem, model_manufacturer=maker)[0]
         else:
             bundle = window.session.model.bundle if window.session.model is not None else None
             job = lambda: write_html_report(path, image, analysis, bundle, method, class_index, pseudonyms)  # noqa: E731

@@ -134,6 +134,10 @@ def _ratios(report: dict) -> dict:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "service", False):
+        from engine.cli.bench_service import service_command
+
+        return service_command(args)
     if getattr(args, "listen", False):
         from engine.cli.bench_listen import listen_bench_command
 

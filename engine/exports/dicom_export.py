@@ -7,8 +7,11 @@ new series, and points back at the source image (SourceImageSequence, Referenced
 Model name and version, engine, method and the notice are in SeriesDescription, ImageComments
 and DerivationDescription. A PNG source has no study: the export starts a new one.
 
-Plain pydicom: a Secondary Capture needs nothing more, and highdicom (with its dependencies)
-would add size to the packaged app for one object type.
+Plain pydicom: a Secondary Capture needs nothing more. highdicom builds the Parametric Maps and
+the structured report beside it (engine.exports.dicom_objects), but its SCImage is not used here:
+it would change nothing a viewer shows, its from_ref_dataset copies the source's acquisition
+equipment (institution, station) into the export, and this object copies a checked list of
+attributes and already passes dciodvfy and its tests.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyIn
 LANTERN_TEXT = ("SeriesDescription", "ImageComments", "DerivationDescription")
 
 
-def _valid_copy(element) -> bool:
+def valid_copy(element) -> bool:
     """Whether a source value may go into the export as it is: values that are invalid in the
     source (Pixel Spacing 0\\0, a date of four digits, a laterality other than R or L) would make
     the export invalid too, so they are dropped (a Type 2 attribute then stays, empty)."""
@@ -58,6 +61,8 @@ def _valid_copy(element) -> bool:
         return len(values) == 2 and all(float(v) > 0 for v in values)
     if element.keyword == "Laterality":
         return element.value in ("R", "L")
+    if element.keyword == "PatientSex":  # enumerated values (empty is Type 2's "unknown")
+        return element.value in ("M", "F", "O", "")
     return True
 
 
@@ -87,7 +92,10 @@ def description(analysis: Analysis, method: str, class_index: int) -> str:
 
 def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | None = None,
                         class_index: int | None = None, *, series_uid: str | None = None,
-                        instance_number: int = 1, pseudonyms: Pseudonymizer | None = None) -> Dataset:
+                        instance_number: int = 1, pseudonyms: Pseudonymizer | None = None,
+                        study_uid: str | None = None) -> Dataset:
+    """The RGB Secondary Capture. ``study_uid``: the study a PNG source's export opens, when the
+    caller writes other objects into the same new study (a DICOM source keeps its own)."""
     method, class_index, _ = chosen_map(analysis, method, class_index)
     rgb = explanation_rgb(image, analysis, method, class_index)
     lines = [f"{method_label(method)}: {analysis.classes[class_index]}", NOT_FOR_DIAGNOSIS]
@@ -102,7 +110,7 @@ def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | No
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid()
     for keyword in COPIED:
-        if header is not None and keyword in header and _valid_copy(header.data_element(keyword)):
+        if header is not None and keyword in header and valid_copy(header.data_element(keyword)):
             setattr(ds, keyword, header.data_element(keyword).value)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                     "ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientOrientation"):
@@ -113,7 +121,7 @@ def explanation_dataset(image: SourceImage, analysis: Analysis, method: str | No
         # unknown, so present and empty; for a named unpaired one (CHEST) it must stay absent.
         ds.Laterality = ""
     if "StudyInstanceUID" not in ds or not ds.StudyInstanceUID:
-        ds.StudyInstanceUID = generate_uid()  # a PNG source: the export opens a study of its own
+        ds.StudyInstanceUID = study_uid or generate_uid()  # a PNG source: the export opens a study of its own
     ds.Modality = str(header.get("Modality", "") or "OT") if header is not None else "OT"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.SeriesNumber = SERIES_NUMBER
@@ -179,4 +187,4 @@ def export_dicom(path: str | Path, image: SourceImage, analysis: Analysis, metho
     return write_bytes_atomic(target, dataset_bytes(ds))
 
 
-__all__ = ["explanation_dataset", "export_dicom", "dataset_bytes", "source_header"]
+__all__ = ["explanation_dataset", "export_dicom", "dataset_bytes", "source_header", "valid_copy"]
