@@ -4,8 +4,10 @@ The tree is the architecture. At the top, the runtime pipeline, in the order dat
 it (all of it ships in the packaged app, except the torch engine):
 
     images.load_image       a DICOM/PNG/JPEG/TIFF frame -> SourceImage (source_image)
-                            (DICOM: dicom reads and decodes, dicom_pixels turns decoded
-                            pixels into modality units, dicom_header reads the header)
+                            (DICOM: dicom reads and decodes, dicom_codestream refuses a
+                            compressed frame whose declared size exceeds the header's before a
+                            native decoder sees it, dicom_pixels turns decoded pixels into
+                            modality units, dicom_header reads the header)
     studies.scan_studies    a folder or DICOMDIR -> studies -> series -> images
     bundle.load_bundle      manifest.json + weights -> ModelBundle
                             (checkpoints: a Hugging Face or timm folder as it is)
@@ -27,9 +29,13 @@ those above it (import-linter contracts in pyproject.toml):
     making/      training, onnx_export (+ its graph rewrites, ONNX graph tools and
                  verification), quantization (+ int8_validation), checkpoint_bundle
                  (a Hugging Face / timm folder made a bundle): need torch       not shipped
-    workflows/   batch (+ batch_record, uncertainty_report), labels, evaluation
+    service/     lantern-engine serve: the analysis over HTTP (FastAPI)       not shipped
+    workflows/   batch (+ batch_record, batch_failures, uncertainty_report), labels, evaluation
                  (+ _run, _outputs)                                           shipped
-    exports/     overlay, pictures, report, dicom_export, anonymize, figures    shipped
+    exports/     overlay, pictures, report, dicom_export (Secondary Capture), parametric_map,
+                 structured_report (TID 1500), dicom_objects (the three), anonymize, figures  shipped
+    network/     the DICOM node: storage_scp (+ inbox, dataset_check, network_events), nodes,
+                 association, query_retrieve, send, verification              shipped
     trust/       faithfulness, sanity, similarity, calibration, temperature    shipped
     synthetic/   phantoms, demo_data, teaching_set (patient-free demo data)    shipped
 

@@ -1,8 +1,10 @@
 """DICOM decoding details behind :func:`engine.images.load_image`.
 
 The header is read first (``stop_before_pixels``) and checked against the file and a memory
-cap; only then is the one requested frame decoded, straight from the open file, by pydicom's
-pixel decoders (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000 and RLE). What the decoded values
+cap, and a compressed frame's own declared size against the header (:mod:`engine.dicom_codestream`);
+only then is the one requested frame decoded, straight from the open file, by pydicom's pixel
+decoders (pylibjpeg plugins for JPEG, JPEG-LS, JPEG 2000 and RLE). Whatever a damaged file makes
+them raise, a Rust decoder's panic included, becomes an ImageLoadError naming it. What the decoded values
 mean for display (modality LUT, MONOCHROME1, padding, the file's window, colour) is
 :mod:`engine.dicom_pixels`; the header's metadata and tag rows are :mod:`engine.dicom_header`.
 """
@@ -18,6 +20,7 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import (
@@ -29,6 +32,7 @@ from pydicom.uid import (
 )
 
 from engine.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
+from engine.dicom_codestream import MAX_J2K_TILES, declared_size, is_checked
 from engine.dicom_header import (
     PIXEL_TAGS,
     UNDEFINED_LENGTH,
@@ -37,6 +41,7 @@ from engine.dicom_header import (
     not_a_picture,
     int_attr,
     number_of_frames,
+    short_cause,
 )
 from engine.dicom_pixels import to_source_image
 from engine.source_image import SourceImage
@@ -47,6 +52,11 @@ MAX_FRAME_BYTES = 1 << 30  # the decoded frame, as float32 (or uint8 RGB)
 MAX_DECLARED_BYTES = 1 << 31  # all frames as the header declares them, stored size
 
 _DEFER_BYTES = 16 << 20  # header values this big (private blobs) are only read if used
+
+class DecoderUnavailableError(ImageLoadError):
+    """The pixel data is compressed in a way no installed decoder reads: installing one may help,
+    so a batch tries the file again next time even if it has not changed."""
+
 
 # First (group) values of a DICOM data set written without preamble or file meta.
 _RAW_DATASET_GROUPS = {0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
@@ -114,12 +124,15 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> Sou
     except ImageLoadError:
         raise
     except Exception as exc:
-        raise ImageLoadError(f"the DICOM header could not be read: {exc}", path) from exc
+        raise ImageLoadError(f"the DICOM header could not be read: {short_cause(exc)}", path) from exc
 
-    refused = not_a_picture(ds)
+    try:  # the header's values are parsed on first use: a damaged one fails here
+        refused = not_a_picture(ds)
+        tsyntax = UID(ds.file_meta.TransferSyntaxUID)
+    except Exception as exc:
+        raise ImageLoadError(f"the DICOM header is damaged: {short_cause(exc)}", path) from exc
     if refused:
         raise NotAnImageError(refused, path)
-    tsyntax = UID(ds.file_meta.TransferSyntaxUID)
     if tsyntax == DeflatedExplicitVRLittleEndian:
         # The data set is zlib-compressed: offsets in the file mean nothing, read it whole,
         # but only once the header's declared size is known to be acceptable.
@@ -127,7 +140,7 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> Sou
         full = _read_whole(path, f)
         element = _element_in_dataset(full)
         if element is None:
-            raise NotAnImageError(describe_non_image(ds), path)
+            raise _no_pixel_data(path, ds)
         _check_sizes(path, ds, element, file_size=None)
         n_frames = number_of_frames(ds)
         _check_frame(path, frame, n_frames)
@@ -135,7 +148,7 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> Sou
     else:
         element = _locate_pixel_element(f, ds, header_end)
         if element is None:
-            raise NotAnImageError(describe_non_image(ds), path)
+            raise _no_pixel_data(path, ds)
         _check_sizes(path, ds, element, file_size=file_size)
         n_frames = number_of_frames(ds)
         _check_frame(path, frame, n_frames)
@@ -143,6 +156,15 @@ def _load_open_file(path: Path, f: BinaryIO, frame: int, with_tags: bool) -> Sou
         arr, photometric = _decode(path, f, tsyntax, frame, element, ds)
 
     return to_source_image(path, ds, arr, photometric, frame, element, tsyntax, with_tags)
+
+
+def _no_pixel_data(path: Path, ds: Dataset) -> ImageLoadError:
+    """A header with image rows but no pixels is a damaged image (most often a copy cut short),
+    not a file of another kind: a batch lists it as failed, and tries it again once it changes."""
+    if "Rows" in ds:
+        return ImageLoadError("its header describes an image but the file holds no pixel data "
+                              "(cut short, or stripped?)", path)
+    return NotAnImageError(describe_non_image(ds), path)
 
 
 def _read_whole(path: Path, f: BinaryIO) -> Dataset:
@@ -247,10 +269,10 @@ def _decode(path: Path, src, tsyntax: UID, frame: int, element: PixelElement, ds
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError as exc:
-        raise ImageLoadError(f"its pixel data is stored as {tsyntax.name}, which Lantern cannot decode", path) from exc
+        raise DecoderUnavailableError(
+            f"its pixel data is stored as {tsyntax.name}, which Lantern cannot decode", path) from exc
     if not decoder.is_available:
-        raise ImageLoadError(
-            f"compressed with {tsyntax.name} but no decoder for it is installed", path)
+        raise DecoderUnavailableError(f"compressed with {tsyntax.name} but no decoder for it is installed", path)
     try:
         if isinstance(src, Dataset):
             opts = as_pixel_options(src)
@@ -258,14 +280,43 @@ def _decode(path: Path, src, tsyntax: UID, frame: int, element: PixelElement, ds
             opts = as_pixel_options(ds, transfer_syntax_uid=tsyntax, pixel_keyword=element.keyword)
             if element.vr:
                 opts["pixel_vr"] = element.vr
+            if element.length is None and is_checked(tsyntax):
+                _check_codestream(path, src, tsyntax, frame, ds, opts)
         arr, props = decoder.as_array(src, index=frame, validate=True, raw=False, **opts)
-    except (MemoryError, KeyboardInterrupt):
+    except (MemoryError, KeyboardInterrupt, ImageLoadError):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # pylibjpeg-rle is Rust: a damaged RLE frame makes it panic, which Python sees as a
+        # pyo3 PanicException, a BaseException that 'except Exception' lets through.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
         if tsyntax.is_compressed:
-            reason = f"compressed with {tsyntax.name} but no decoder could read it: {exc}"
+            reason = f"compressed with {tsyntax.name} but no decoder could read it: {short_cause(exc)}"
         else:
-            reason = f"its pixel data could not be decoded: {exc}"
+            reason = f"its pixel data could not be decoded: {short_cause(exc)}"
         raise ImageLoadError(reason, path) from exc
     photometric = str(props.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "")).strip()
     return arr, photometric
+
+
+def _check_codestream(path: Path, f: BinaryIO, tsyntax: UID, frame: int, ds: Dataset, opts: dict) -> None:
+    """Refuse a compressed frame that declares more pixels than the header (dicom_codestream.py
+    says why: the native decoders would allocate them, and may take the process down doing so)."""
+    start = f.tell()
+    try:  # the frame exactly as the decoder will take it (pydicom's decoders call get_frame too)
+        data = get_frame(f, frame, number_of_frames=opts.get("number_of_frames"),
+                         extended_offsets=opts.get("extended_offsets"))
+    except Exception as exc:
+        raise ImageLoadError(f"its compressed pixel data is damaged: {short_cause(exc)}", path) from exc
+    finally:
+        f.seek(start)
+    declared = declared_size(data, tsyntax)
+    if declared is None:
+        return
+    rows, cols = int_attr(ds, "Rows", 0) or 0, int_attr(ds, "Columns", 0) or 0
+    samples = int_attr(ds, "SamplesPerPixel", 1) or 1
+    if declared.samples > rows * cols * samples or declared.tiles > MAX_J2K_TILES:
+        raise ImageLoadError(
+            f"its compressed frame is damaged: it declares {declared.width} x {declared.height} pixels in "
+            f"{declared.components} component(s) ({declared.tiles} tile(s)), the DICOM header {cols} x {rows} "
+            f"in {samples}", path)

@@ -8,6 +8,7 @@ the pixel data element sits, frame counts and per-frame functional groups.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import pydicom
@@ -34,6 +35,20 @@ class PixelElement:
     vr: str | None
     value_offset: int
     length: int | None  # None = undefined length (encapsulated)
+
+
+_PARSE_CONTEXT = re.compile(r"while trying to parse (\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)) according to VR '(\w+)'")
+_MAX_NOTE_CHARS = 200
+
+
+def short_cause(exc: BaseException) -> str:
+    """What went wrong, short enough for a reason: pydicom's and the decoders' messages run to
+    several lines of advice on settings; a value that does not fit its VR gets plain words."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    match = _PARSE_CONTEXT.search(text)
+    if match:
+        return f"element {match[1]} does not hold a valid {match[2]} value"
+    return text if len(text) <= _MAX_NOTE_CHARS else text[: _MAX_NOTE_CHARS - 1] + "…"
 
 
 def number_of_frames(ds: Dataset) -> int:

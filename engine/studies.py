@@ -3,8 +3,10 @@
 API: ``scan_studies(path) -> ScanResult``. ``ScanResult.studies`` is a tuple of :class:`Study`
 (sorted by date, then description), each with its :class:`Series` sorted by Series Number and
 their :class:`ImageRef` sorted by Instance Number. ``ScanResult.skipped`` lists every file that
-is neither a DICOM image nor a PNG/JPEG/TIFF, with the reason in plain words. A ScanResult also
-iterates, indexes and counts like the list of its studies.
+is neither a DICOM image nor a PNG/JPEG/TIFF, with the reason in plain words;
+``ScanResult.failed`` the files that could not be read or whose header is damaged (a
+:class:`ScanFailure` each). No file's failure stops the scan. A ScanResult also iterates, indexes
+and counts like the list of its studies.
 
 PNG/JPEG/TIFF files form one pseudo-study per folder (study and series UIDs ``"folder:<path>"``).
 A DICOMDIR is read through pydicom's FileSet; the files it lists are then read like any other.
@@ -18,6 +20,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -25,7 +28,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
 from engine.dicom import looks_like_dicom
-from engine.dicom_header import describe_non_image, int_attr, not_a_picture, number_of_frames, text_attr
+from engine.dicom_header import (describe_non_image, int_attr, not_a_picture, number_of_frames, short_cause,
+                                 text_attr)
 from engine.images import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -67,9 +71,19 @@ class Study:
 
 
 @dataclass(frozen=True)
+class ScanFailure:
+    """A file that is (or may be) an image but could not be listed, and why, in plain words."""
+
+    path: Path
+    reason: str
+    read_error: bool = False  # the system could not read it (permissions, I/O): may work next time as it is
+
+
+@dataclass(frozen=True)
 class ScanResult:
     studies: tuple[Study, ...]
-    skipped: tuple[tuple[Path, str], ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()  # not images: (file, why)
+    failed: tuple[ScanFailure, ...] = ()
 
     def __iter__(self):
         return iter(self.studies)
@@ -97,27 +111,41 @@ class _Found:
     modality: str
 
 
-def scan_studies(path: str | Path) -> ScanResult:
-    """Group the images under ``path`` (a file, a folder searched recursively, or a DICOMDIR)."""
+@dataclass
+class _Scan:
+    """What a scan has found so far, and which files it is not to open."""
+
+    leave_out: Callable[[Path], bool] | None
+    found: list[_Found]
+    skipped: list[tuple[Path, str]]
+    failed: list[ScanFailure]
+
+
+def scan_studies(path: str | Path, *, leave_out: Callable[[Path], bool] | None = None) -> ScanResult:
+    """Group the images under ``path`` (a file, a folder searched recursively, or a DICOMDIR).
+
+    Files for which ``leave_out(path)`` is true are neither opened nor listed: the caller already
+    knows what they hold (a resumed batch, the files it found were not images and that have not
+    changed since)."""
     path = Path(path)
     if not path.exists():
         return ScanResult((), ((path, "does not exist"),))
-    found: list[_Found] = []
-    skipped: list[tuple[Path, str]] = []
+    scan = _Scan(leave_out, [], [], [])
     if path.is_dir():
-        files = _walk(path, skipped)
+        files = _walk(path, scan.failed)
     else:
         files = [path]
     for file in files:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's tolerance notes; the file is judged below
-            _scan_file(file, found, skipped, expand_dicomdir=not path.is_dir())
-    return ScanResult(_group(found), tuple(skipped))
+            _scan_file(file, scan, expand_dicomdir=not path.is_dir())
+    return ScanResult(_group(scan.found), tuple(scan.skipped), tuple(scan.failed))
 
 
-def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+def _walk(folder: Path, failed: list[ScanFailure]) -> list[Path]:
     def report(exc: OSError) -> None:
-        skipped.append((Path(exc.filename or folder), f"folder could not be read: {exc.strerror}"))
+        failed.append(ScanFailure(Path(exc.filename or folder), f"folder could not be read: {exc.strerror}",
+                                  read_error=True))
 
     files = []
     for root, dirs, names in os.walk(folder, onerror=report):
@@ -126,39 +154,49 @@ def _walk(folder: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
     return files
 
 
-def _scan_file(path: Path, found: list[_Found], skipped: list[tuple[Path, str]], expand_dicomdir: bool) -> None:
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        found.append(_raster_entry(path))
-        return
+def _scan_file(path: Path, scan: _Scan, expand_dicomdir: bool) -> None:
+    """One file, whatever is wrong with it: its failure is its own line, never the scan's end."""
     try:
-        ds = _read_header(path)
+        if scan.leave_out is not None and scan.leave_out(path):
+            return
+        _classify(path, scan, expand_dicomdir)
     except OSError as exc:
-        skipped.append((path, f"could not be read: {exc.strerror or exc}"))
+        scan.failed.append(ScanFailure(path, f"could not be read: {exc.strerror or exc}", read_error=True))
+    except Exception as exc:  # pydicom parses a value on first use: a damaged header fails anywhere
+        log.debug("%s: damaged header: %r", path, exc)
+        scan.failed.append(ScanFailure(path, f"its DICOM header is damaged: {short_cause(exc)}"))
+
+
+def _classify(path: Path, scan: _Scan, expand_dicomdir: bool) -> None:
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        scan.found.append(_raster_entry(path))
         return
-    except Exception as exc:  # any parse failure means: not a DICOM file we can list
-        log.debug("%s: not DICOM: %s", path, exc)
-        skipped.append((path, "not a DICOM or image file"))
+    if path.stat().st_size == 0:
+        scan.failed.append(ScanFailure(path, "the file is empty (a copy that did not finish?)"))
         return
+    ds = _read_header(path)
     if ds is None:
-        skipped.append((path, "not a DICOM or image file"))
+        scan.skipped.append((path, "not a DICOM or image file"))
         return
     if "DirectoryRecordSequence" in ds:
         if expand_dicomdir:
-            _scan_dicomdir(path, found, skipped)
+            _scan_dicomdir(path, scan)
         else:
-            skipped.append((path, "DICOMDIR index (the files it lists are scanned directly)"))
+            scan.skipped.append((path, "DICOMDIR index (the files it lists are scanned directly)"))
         return
     if "Rows" not in ds:
-        skipped.append((path, describe_non_image(ds)))
+        scan.skipped.append((path, describe_non_image(ds)))
         return
     refused = not_a_picture(ds)
     if refused:
-        skipped.append((path, refused))
+        scan.skipped.append((path, refused))
         return
-    found.append(_dicom_entry(path, ds))
+    scan.found.append(_dicom_entry(path, ds))
 
 
 def _read_header(path: Path) -> Dataset | None:
+    """The header's listing tags; None when the file is not DICOM at all. A file marked as
+    DICOM ("DICM" after its preamble) that cannot be parsed raises: it is damaged."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except InvalidDicomError:
@@ -166,22 +204,29 @@ def _read_header(path: Path) -> Dataset | None:
             head = f.read(132)
         if not looks_like_dicom(head):
             return None
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS)
+        except OSError:
+            raise
+        except Exception as exc:  # no marker, so only a guess that it was a bare data set: it was not
+            log.debug("%s: not a bare data set: %r", path, exc)
+            return None
         return ds if "SOPInstanceUID" in ds or "Rows" in ds else None
 
 
-def _scan_dicomdir(path: Path, found: list[_Found], skipped: list[tuple[Path, str]]) -> None:
+def _scan_dicomdir(path: Path, scan: _Scan) -> None:
     try:
         fileset = FileSet(pydicom.dcmread(path))
+        listed = [Path(instance.path) for instance in fileset]
     except Exception as exc:
-        skipped.append((path, f"DICOMDIR could not be read: {exc}"))
+        scan.failed.append(ScanFailure(path, f"DICOMDIR could not be read: {short_cause(exc)}",
+                                       read_error=isinstance(exc, OSError)))
         return
-    for instance in fileset:
-        listed = Path(instance.path)
-        if not listed.is_file():
-            skipped.append((listed, "listed in the DICOMDIR but missing"))
+    for file in listed:
+        if not file.is_file():  # a copy of the media that did not finish may still complete
+            scan.failed.append(ScanFailure(file, "listed in the DICOMDIR but missing", read_error=True))
             continue
-        _scan_file(listed, found, skipped, expand_dicomdir=False)
+        _scan_file(file, scan, expand_dicomdir=False)
 
 
 def _dicom_entry(path: Path, ds: Dataset) -> _Found:

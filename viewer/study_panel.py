@@ -37,6 +37,8 @@ def scan(paths) -> tuple[list, list]:
         result = scan_studies(path)
         studies.extend(result.studies)
         skipped.extend(result.skipped)
+        # Damaged or unreadable files are not listed either: the reader sees them with their reason.
+        skipped.extend((failure.path, failure.reason) for failure in result.failed)
     return studies, skipped
 
 
@@ -139,7 +141,7 @@ class StudyPanel(QWidget):
         n_images = len(self._items)
         note = f"{len(self._studies)} studies, {n_images} images"
         if skipped:
-            note += f"; <a href='skipped'>{len(skipped)} files skipped</a> (not images: which and why)"
+            note += f"; <a href='skipped'>{len(skipped)} files skipped</a> (not images or damaged: which and why)"
             lines = skipped_lines(skipped, self.hide_identifying)
             more = len(lines) - SKIPPED_IN_TOOLTIP
             self.info.setToolTip("\n".join(lines[:SKIPPED_IN_TOOLTIP]) + (f"\n… and {more} more" if more > 0 else ""))

@@ -8,20 +8,20 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from pydicom.uid import generate_uid
-
 from engine.analysis import Analysis, LoadedModel, load_model
 from engine.steps import Progress
 from engine.exports.anonymize import Pseudonymizer
-from engine.workflows.batch import BatchOptions, run_batch
+from engine.workflows.batch import BatchOptions, BatchResult, run_batch
+from engine.workflows.batch_failures import NotAnalysed
 from engine.workflows.batch_record import BatchItem, item_name
 from engine.workflows.uncertainty_report import uncertainty_report, write_uncertainty_report
-from engine.exports.dicom_export import export_dicom
+from engine.exports.dicom_objects import DICOM_OBJECT_KINDS, export_dicom_objects, model_manufacturer, parse_kinds
 from engine.files import safe_name, unused_path, write_bytes_atomic
 from engine.images import SourceImage
 from engine.exports.overlay import encode_png
 from engine.exports.pictures import side_by_side
-from engine.exports.report import ReportEntry, render_report, report_entry, study_details, write_report
+from engine.exports.report import (ReportEntry, render_batch_summary, render_report, report_entry, study_details,
+                                   write_report)
 from engine.cam import DEFAULT_METHOD
 
 
@@ -32,11 +32,13 @@ class BatchExporter:
     fresh name (files.unused_path) and is written atomically."""
 
     def __init__(self, source: Path, out: Path, model: LoadedModel, *, png: bool, dicom: bool, report: bool,
-                 method: str):
+                 method: str, dicom_objects: tuple[str, ...] = DICOM_OBJECT_KINDS):
         self.root = source if source.is_dir() else source.parent
         self.out, self.model = out, model
         self.png, self.dicom, self.report, self.method = png, dicom, report, method
-        self.series: dict[str, str] = {}  # source study -> its explanation series (one per study)
+        self.dicom_objects = dicom_objects  # which DICOM objects: sc, pm, sr (engine.exports.dicom_objects)
+        # Source study -> its explanation series by kind ("sc", "sr", "pm0"...), shared by the study's images.
+        self.series: dict[str, dict[str, str]] = {}
         self.counts: dict[str, int] = defaultdict(int)
         # The study in hand: (file label, title, details, entries), and its UID.
         self.study: tuple[str, str, list[tuple[str, str]], list[ReportEntry]] | None = None
@@ -55,11 +57,11 @@ class BatchExporter:
             picture = side_by_side(image, analysis, self.method)
             written.append(write_bytes_atomic(unused_path(self.out / "png" / f"{name}.png"), encode_png(picture)))
         if self.dicom:
-            series = self.series.setdefault(item.study_uid, generate_uid())
             self.counts[item.study_uid] += 1
-            written.append(export_dicom(self.out / "dicom" / f"{name}.dcm", image, analysis, self.method,
-                                        series_uid=series, instance_number=self.counts[item.study_uid],
-                                        pseudonyms=pseudonyms))
+            written += export_dicom_objects(self.out / "dicom", image, analysis, self.dicom_objects, self.method,
+                                            pseudonyms, name=name, series=self.series.setdefault(item.study_uid, {}),
+                                            instance_number=self.counts[item.study_uid],
+                                            model_manufacturer=model_manufacturer(self.model.bundle))
         if self.report:
             if self.study is not None and self.study_uid != item.study_uid:
                 written += self.finish()
@@ -90,22 +92,44 @@ def _progress_printer(stream):
     started = time.perf_counter()
 
     def show(update: Progress) -> None:
+        # The batch's stage names what became of the files so far: analysed, failed, skipped.
         done = int(30 * update.fraction)
         rate = update.step / max(time.perf_counter() - started, 1e-6)
         end = "\n" if update.step >= update.total or not stream.isatty() else ""
-        print(f"\r[{'#' * done}{'.' * (30 - done)}] {update.step}/{update.total} {update.stage} "
+        print(f"\r[{'#' * done}{'.' * (30 - done)}] {update.step}/{update.total} done: {update.stage} "
               f"({rate:.0f} images/s)", end=end, file=stream, flush=True)
     return show
 
 
+def _file_label(failure: NotAnalysed) -> str:
+    return failure.name + ("" if failure.frame is None else f", frame {failure.frame + 1}")
+
+
+def _write_summary_page(result: BatchResult, reports: list[Path], model: LoadedModel) -> Path:
+    """The page that says what the batch analysed (linking the study reports) and what it did not."""
+    counts = [("Model", f"{model.bundle.name} {model.bundle.version} ({model.engine} engine)"),
+              ("Analysed in this run", str(result.analysed)), ("Analysed in earlier runs", str(result.reused)),
+              ("Flagged (low confidence)", str(sum(r.flagged for r in result.rows))),
+              ("Failed", str(len(result.failed))), ("Skipped (not images)", str(len(result.skipped)))]
+    if result.failures_csv is not None:
+        counts.append(("List of files not analysed", result.failures_csv.name))
+    html = render_batch_summary("Lantern batch summary", counts, [(p.stem, f"reports/{p.name}") for p in reports],
+                                [(_file_label(f), f.reason, f.retry) for f in result.failed],
+                                [(_file_label(f), f.reason) for f in result.skipped])
+    return write_report(result.out / "summary.html", html)  # beside reports/, not one of the studies
+
+
 def batch_command(args: argparse.Namespace) -> int:
-    exporting = args.png or args.dicom or args.report
+    # --dicom-objects picks which DICOM objects (and implies --dicom); checked before the model loads.
+    dicom_objects = parse_kinds(args.dicom_objects) if args.dicom_objects is not None else DICOM_OBJECT_KINDS
+    dicom = args.dicom or args.dicom_objects is not None
+    exporting = args.png or dicom or args.report
     method = args.method or (DEFAULT_METHOD if exporting else None)
     model = load_model(args.model, args.engine)
     options = BatchOptions(method=method, mc_samples=args.mc, confidence_threshold=args.threshold,
                            anonymize=args.anonymize)
-    exporter = (BatchExporter(args.source, args.out, model, png=args.png, dicom=args.dicom, report=args.report,
-                              method=method) if exporting else None)
+    exporter = (BatchExporter(args.source, args.out, model, png=args.png, dicom=dicom, report=args.report,
+                              method=method, dicom_objects=dicom_objects) if exporting else None)
     started = time.perf_counter()
     result = run_batch(args.source, args.out, model, options, exporter, progress=_progress_printer(sys.stderr))
     written = list(result.written)
@@ -116,13 +140,20 @@ def batch_command(args: argparse.Namespace) -> int:
     # study reports when those are asked for). Always written: it costs a read of the results.
     uncertainty = (write_uncertainty_report(uncertainty_report(result.out, result.rows, args.threshold), result.out,
                                             html_page=args.report) if result.rows else [])
-    for path, reason in result.failures:
-        print(f"not analysed: {path}: {reason}", file=sys.stderr)
+    if args.report:  # the study reports show what was analysed; this page also what was not
+        reports = [p for p in written if p.parent == result.out / "reports" and p.suffix == ".html"]
+        written.append(_write_summary_page(result, reports, model))
+    # The terminal is the user's own: real paths here, pseudonyms only in what is written to share.
+    for status, failures in (("failed", result.failed), ("skipped", result.skipped)):
+        for failure in failures:
+            frame = "" if failure.frame is None else f" (frame {failure.frame + 1})"
+            print(f"{status}: {failure.path}{frame}: {failure.reason}", file=sys.stderr)
     flagged = sum(r.flagged for r in result.rows)
     print(f"Analysed {result.analysed} image(s), reused {result.reused} from earlier runs, "
-          f"{len(result.failures)} file(s) not analysed, {flagged} flagged, in {seconds:.1f} s "
-          f"({result.analysed / max(seconds, 1e-6):.1f} images/s, {model.engine}). "
-          f"Worklist: {result.csv}; {len(written)} export file(s) in {args.out}", file=sys.stderr)
+          f"{len(result.failed)} failed, {len(result.skipped)} skipped (not images), {flagged} flagged, "
+          f"in {seconds:.1f} s ({result.analysed / max(seconds, 1e-6):.1f} images/s, {model.engine}). "
+          f"Worklist: {result.csv}; not analysed: {result.failures_csv}; {len(written)} export file(s) in {args.out}",
+          file=sys.stderr)
     if uncertainty:
         print(f"Uncertainty report: {', '.join(p.name for p in uncertainty)} in {result.out}", file=sys.stderr)
-    return 1 if result.failures else 0
+    return 1 if result.failed else 0  # files that are not images are no failure of the batch

@@ -3,7 +3,8 @@ opens in any browser offline, prints on one A4 page for a single image, and need
 
 Each image of the study gets its original and explanation side by side, the class
 probabilities, the MC-dropout uncertainty, and the model card summary closes the page, with the
-not-for-diagnosis notice at the top and bottom.
+not-for-diagnosis notice at the top and bottom. A batch adds one summary page beside its study
+reports (:func:`render_batch_summary`): what it analysed, and every file it did not, with why.
 """
 
 from __future__ import annotations
@@ -131,6 +132,32 @@ def render_report(title: str, details: list[tuple[str, str]], entries: list[Repo
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>{notice}<table>{head}</table>{body}"
             f"{_model_card_html(bundle, engine)}{notice}</body></html>\n")
+
+
+def render_batch_summary(title: str, counts: list[tuple[str, str]], reports: list[tuple[str, str]],
+                         failed: list[tuple[str, str, str]], skipped: list[tuple[str, str]]) -> str:
+    """A batch's summary page: ``counts`` as (label, value) lines, links to the study ``reports``
+    as (label, href), and every file not analysed, so a reader of the reports knows what is
+    missing from them: ``failed`` as (file, reason, worth retrying), ``skipped`` (not images) as
+    (file, reason). File labels are already pseudonyms when the batch is anonymized."""
+    head = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in counts)
+    links = "".join(f"<li><a href='{_e(href)}'>{_e(label)}</a></li>" for label, href in reports)
+    parts = [f"<h2>Study reports</h2><ul>{links}</ul>" if links else ""]
+    if failed:
+        rows = "".join(f"<tr><td>{_e(f)}</td><td>{_e(why)}</td><td>{_e(retry)}</td></tr>" for f, why, retry in failed)
+        parts.append(f"<h2 class='flag'>Not analysed: {len(failed)} failed</h2><p>These should be images but could "
+                     "not be read, decoded or analysed; they are in none of the reports.</p><table><tr><th>File</th>"
+                     f"<th>Reason</th><th>Worth retrying</th></tr>{rows}</table>")
+    if skipped:
+        rows = "".join(f"<tr><td>{_e(f)}</td><td>{_e(why)}</td></tr>" for f, why in skipped)
+        parts.append(f"<h2>Skipped: {len(skipped)} not images</h2><table><tr><th>File</th><th>Reason</th></tr>"
+                     f"{rows}</table>")
+    if not failed and not skipped:
+        parts.append("<p class='muted'>Every file found was analysed.</p>")
+    notice = f"<p class='notice'>{_e(NOT_FOR_DIAGNOSIS)}. Made by Lantern from a local model.</p>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>{notice}<table>{head}</table>{''.join(parts)}"
+            f"{notice}</body></html>\n")
 
 
 def write_report(path: str | Path, html_text: str) -> Path:

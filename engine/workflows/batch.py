@@ -13,6 +13,10 @@ Three stages overlap: one thread loads and prepares the next chunk while the eng
 current one, and another writes results (each file fsync'ed by files.py) behind them. The record
 (batch_record.py) is saved every few seconds and when the batch ends or is closed, so a
 cancelled batch resumes where it stopped. Nothing is written outside ``out``.
+
+No one file stops a batch: whatever goes wrong while scanning, reading, decoding, analysing or
+exporting it becomes that file's reason, in ``failures.csv`` beside the worklist and in the
+record, which tells a resumed batch what is worth trying again (batch_failures.py).
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ from engine.analysis import Analysis, AnalysisOptions, LoadedModel, analyze, mc_
 from engine.result import result_record
 from engine.steps import Progress, run_to_end
 from engine.exports.anonymize import Pseudonymizer
+from engine.workflows.batch_failures import (FAILED, RETRY_ALWAYS, SKIPPED, CSV_NAME as FAILURES_CSV_NAME, FailureLog,
+                                             NotAnalysed, belongs_to_one_file, failures_csv, load_failure)
 from engine.workflows.batch_record import BatchItem, BatchRecord, BatchRow, item_key, item_name, make_row, worklist_csv
+from engine.dicom_header import short_cause
 from engine.errors import LanternError
 from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from engine.images import SourceImage, load_image
 from engine.intended_inputs import check_inputs
 from engine.preprocess import prepare_input
-from engine.studies import scan_studies
+from engine.studies import ScanResult, scan_studies
 from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, calibrated_probabilities
 
 CSV_NAME = "worklist.csv"
@@ -62,24 +69,39 @@ class BatchOptions:
 class BatchResult:
     out: Path
     rows: tuple[BatchRow, ...]
-    failures: tuple[tuple[Path, str], ...]  # files not analysed, with the reason in plain words
+    failures: tuple[tuple[Path, str], ...]  # files (or frames) not analysed, failed and skipped, with the reason
     analysed: int  # newly analysed in this run
     reused: int  # found in the record from an earlier run
     csv: Path | None = None
     written: tuple[Path, ...] = field(default=())  # exports made by ``on_analysis``
+    failed: tuple[NotAnalysed, ...] = ()  # images (or so they seemed) that could not be read, decoded or analysed
+    skipped: tuple[NotAnalysed, ...] = ()  # files that are not images
+    failures_csv: Path | None = None
 
 
-def batch_items(source: str | Path) -> tuple[list[BatchItem], list[tuple[Path, str]]]:
-    """Every frame of every image under ``source`` (a folder or a DICOMDIR), and what was skipped."""
-    scan = scan_studies(source)
+@dataclass(frozen=True)
+class BatchProgress(Progress):
+    """A batch's progress with its counts so far: frames analysed in this run and found done
+    in the record; files (or frames) failed and skipped, earlier runs' unchanged ones included."""
+
+    analysed: int = 0
+    reused: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def batch_items(source: str | Path, leave_out=None) -> tuple[list[BatchItem], ScanResult]:
+    """Every frame of every image under ``source`` (a folder or a DICOMDIR), and the scan (what
+    it skipped or could not read). ``leave_out``: see :func:`engine.studies.scan_studies`."""
+    scan = scan_studies(source, leave_out=leave_out)
     items = []
     for study in scan.studies:
         for series in study.series:
             for ref in series.images:
                 for frame in range(ref.frames):
                     items.append(BatchItem(ref.path, frame, study.patient_id, study.description,
-                                           study.study_date, study.study_uid, ref.sop_instance_uid))
-    return items, list(scan.skipped)
+                                           study.study_date, study.study_uid, ref.sop_instance_uid, ref.frames))
+    return items, scan
 
 
 def check_output_folder(source: Path, out: Path) -> None:
@@ -104,36 +126,76 @@ def _triage_record(item: BatchItem, model: LoadedModel, logits: np.ndarray, opti
 
 
 def _load_chunk(chunk, model: LoadedModel, options: BatchOptions):
-    """Runs on the loader thread: images (and, for triage, model inputs), and what failed."""
+    """Runs on the loader thread: images (and, for triage, model inputs), and each failure as
+    (item, reason, status, retry)."""
     loaded, failures = [], []
     for index, item, key in chunk:
         try:
             image = load_image(item.path, item.frame, with_tags=False)  # a batch never shows them
-        except LanternError as exc:
-            failures.append((item.path, exc.reason))
+        except BaseException as exc:
+            if not belongs_to_one_file(exc):
+                raise
+            failures.append((item, *load_failure(exc)))
             continue
-        tensor = prepare_input(image, model.bundle.input).tensor if options.method is None else None
+        try:
+            tensor = prepare_input(image, model.bundle.input).tensor if options.method is None else None
+        except Exception as exc:
+            failures.append((item, f"could not be prepared for the model: {short_cause(exc)}", FAILED, RETRY_ALWAYS))
+            continue
         loaded.append((index, item, key, image, tensor))
     return loaded, failures
 
 
+def _analysis_failed(item: BatchItem, what: str, exc: Exception) -> tuple:
+    # The model, its engine or the exports may be what failed, not the file: worth trying again.
+    return item, f"{what}: {short_cause(exc)}", FAILED, RETRY_ALWAYS
+
+
 def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exporter | None,
-             pseudonyms: Pseudonymizer | None, written: list) -> list[tuple[int, BatchItem, str, dict]]:
+             pseudonyms: Pseudonymizer | None, written: list) -> tuple[list[tuple[int, BatchItem, str, dict]], list]:
+    """The results of the images in ``loaded``, and the failures (as _load_chunk's) of the others."""
+    done, failures = [], []
     if options.method is not None:
         analysis_options = AnalysisOptions(methods=(options.method,), mc_samples=options.mc_samples,
                                            seed=options.seed, confidence_threshold=options.confidence_threshold)
-        done = []
         for index, item, key, image, _ in loaded:
-            analysis = analyze(image, model, analysis_options)
+            try:
+                analysis = analyze(image, model, analysis_options)
+            except Exception as exc:
+                failures.append(_analysis_failed(item, "the analysis failed", exc))
+                continue
             if on_analysis is not None:
-                written.extend(on_analysis(image, analysis, item, pseudonyms))
+                try:  # not recorded as done unless its exports are written: a resumed batch redoes them
+                    written.extend(on_analysis(image, analysis, item, pseudonyms))
+                except Exception as exc:
+                    failures.append(_analysis_failed(item, "its exports could not be written", exc))
+                    continue
             done.append((index, item, key, analysis.to_dict(options.method)))
-        return done
+        return done, failures
     if not loaded:
-        return []
-    logits, head_inputs = model.backend.forward_features(np.concatenate([entry[4] for entry in loaded]))
-    return [(index, item, key, _triage_record(item, model, item_logits, options, head_input, image))
-            for (index, item, key, image, _), item_logits, head_input in zip(loaded, logits, head_inputs)]
+        return done, failures
+    try:
+        outputs = list(zip(loaded, *model.backend.forward_features(np.concatenate([entry[4] for entry in loaded]))))
+    except Exception:  # one image must not cost the others of its chunk their results: each alone
+        outputs = []
+        for entry in loaded:
+            try:
+                logits, head_inputs = model.backend.forward_features(entry[4])
+                outputs.append((entry, logits[0], head_inputs[0]))
+            except Exception as exc:
+                failures.append(_analysis_failed(entry[1], "the analysis failed", exc))
+    for (index, item, key, image, _), item_logits, head_input in outputs:
+        try:
+            done.append((index, item, key, _triage_record(item, model, item_logits, options, head_input, image)))
+        except Exception as exc:
+            failures.append(_analysis_failed(item, "the analysis failed", exc))
+    return done, failures
+
+
+def _failed_frame(item: BatchItem) -> int | None:
+    """The frame a failure names: None (the whole file) when the file has only the one, so that
+    a resumed batch need not even scan an unchanged file that failed."""
+    return item.frame if item.frames > 1 else None
 
 
 def _fresh_path(path: Path, claimed: set[Path]) -> Path:
@@ -164,32 +226,48 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
     running the batch: a worklist fills while the batch runs."""
     source, out = Path(source), Path(out)
     model.bundle.require_single_input("a batch over a folder")
+    if not source.exists():
+        raise LanternError("the folder or file to analyse does not exist", source)
     check_output_folder(source, out)
-    items, failures = batch_items(source)
     out.mkdir(parents=True, exist_ok=True)
     record = BatchRecord(out)
     pseudonyms = Pseudonymizer(record.salt) if options.anonymize else None
+    failures = FailureLog(record.failures, pseudonyms)
+    items, scan = batch_items(source, leave_out=failures.still_holds)
+    failures.add_scan(scan)
     root = source if source.is_dir() else source.parent
     identity = [model.bundle.name, model.bundle.version, model.bundle.temperature, model.engine,
                 model.ood.threshold if model.ood else None, *options.identity()]
     rows: dict[int, BatchRow] = {}
     todo: list[tuple[int, BatchItem, str]] = []
     for index, item in enumerate(items):
+        if failures.still_holds(item.path, _failed_frame(item), item.patient_id):
+            continue
         try:
             key = item_key(item, identity)
-        except OSError as exc:
-            failures.append((item.path, f"could not be read: {exc.strerror or exc}"))
+        except Exception as exc:  # OSError mostly: gone or unreadable since the scan
+            reason = f"could not be read: {getattr(exc, 'strerror', None) or short_cause(exc)}"
+            failures.add(item.path, _failed_frame(item), reason, FAILED, RETRY_ALWAYS, item.patient_id)
             continue
         if key in record.entries:
             rows[index] = BatchRow.from_record(record.entries[key])
         else:
             todo.append((index, item, key))
+    record.failures = failures.take_pending()  # this run's replace the last run's; the writer is not started yet
     reused, written, claimed, writes = len(rows), [], set(), []
     report_row = on_row or (lambda _row: None)
     for index in sorted(rows):
         report_row(rows[index])
     chunks = [todo[start : start + options.chunk] for start in range(0, len(todo), options.chunk)]
-    yield Progress(f"{reused} already analysed, {len(todo)} to go", 0, max(len(todo), 1))
+
+    def progress(step: int) -> BatchProgress:
+        analysed, failed, skipped = len(rows) - reused, failures.count(FAILED), failures.count(SKIPPED)
+        stage = f"{analysed} analysed, {failed} failed, {skipped} skipped"
+        stage += f", {reused} done before" if reused else ""
+        stage += f"; {len(todo) - step} to go" if step < len(todo) else ""
+        return BatchProgress(stage, step, max(len(todo), 1), analysed, reused, failed, skipped)
+
+    yield progress(0)
     loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
     writer = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-write")
     try:
@@ -197,10 +275,12 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
         last_save, step = time.monotonic(), 0
         for n, chunk in enumerate(chunks):
             loaded, load_failures = upcoming.result()
-            failures.extend(load_failures)
             if n + 1 < len(chunks):
                 upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
-            for index, item, key, data in _analyse(loaded, model, options, on_analysis, pseudonyms, written):
+            done, analysis_failures = _analyse(loaded, model, options, on_analysis, pseudonyms, written)
+            for item, reason, status, retry in load_failures + analysis_failures:
+                failures.add(item.path, _failed_frame(item), reason, status, retry, item.patient_id)
+            for index, item, key, data in done:
                 if pseudonyms is not None:  # shared outputs never carry file or folder names
                     name = pseudonyms.image_name(item.patient_id, item.path, item.frame)
                     data = {**data, "source": name}
@@ -210,21 +290,31 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
                 rows[index] = make_row(item, data, target.relative_to(out).as_posix(), pseudonyms)
                 report_row(rows[index])
                 writes.append(writer.submit(_write_result, record, key, rows[index], target, data))
+            if failures.pending:  # the writer alone touches the record while the batch runs
+                writes.append(writer.submit(record.failures.update, failures.take_pending()))
             if time.monotonic() - last_save > SAVE_EVERY_S:
                 writes.append(writer.submit(record.save))
                 last_save = time.monotonic()
             _raise_failed_writes(writes)
             step += len(chunk)
-            yield Progress(f"analysed {step} of {len(todo)}", step, len(todo))
+            yield progress(step)
     finally:  # also when the caller closes the generator (cancel): keep what is done
         loader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
+        record.failures.update(failures.take_pending())
         record.save()
     for future in writes:
         future.result()
     ordered = tuple(rows[i] for i in sorted(rows))
     csv_path = write_bytes_atomic(unused_path(out / CSV_NAME), worklist_csv(ordered))
-    return BatchResult(out, ordered, tuple(failures), len(ordered) - reused, reused, csv_path, tuple(written))
+    # Named after its worklist (worklist-2.csv, failures-2.csv): the two of one run go together.
+    failures_path = write_bytes_atomic(unused_path(out / csv_path.name.replace(Path(CSV_NAME).stem,
+                                                                               Path(FAILURES_CSV_NAME).stem, 1)),
+                                       failures_csv(failures.found))
+    return BatchResult(out, ordered, tuple((f.path, f.reason) for f in failures.found), len(ordered) - reused,
+                       reused, csv_path, tuple(written),
+                       failed=tuple(f for f in failures.found if f.status == FAILED),
+                       skipped=tuple(f for f in failures.found if f.status == SKIPPED), failures_csv=failures_path)
 
 
 def run_batch(source, out, model: LoadedModel, options: BatchOptions = BatchOptions(),

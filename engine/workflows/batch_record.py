@@ -1,9 +1,11 @@
 """What a batch remembers and writes besides per-image results: one row per analysed frame, the
-record that makes a batch resumable, and the worklist CSV.
+record that makes a batch resumable, the worklist CSV, and the files it did not analyse.
 
 The record (``<out>/.lantern-batch.json``) maps a key per image (path, size, modification time,
 frame, model name and version, engine, options) to its finished row, and keeps the batch's
-anonymization salt, so that a resumed batch gives the same pseudonyms.
+anonymization salt, so that a resumed batch gives the same pseudonyms. Its ``failures`` map a
+key per file (or frame) to why it was not analysed, with the file's size and modification time
+then: from them batch_failures.py decides what a resumed batch tries again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ class BatchItem:
     study_date: str
     study_uid: str
     sop_instance_uid: str
+    frames: int = 1  # in the file
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class BatchRecord:
         self.path = out / RECORD_NAME
         data = self._read()
         self.entries: dict[str, dict] = data.get("entries", {})
+        # Files and frames not analysed, by failure_key (a record without them is an older one).
+        self.failures: dict[str, dict] = data.get("failures", {})
         self.salt = bytes.fromhex(data["salt"]) if "salt" in data else secrets.token_bytes(16)
 
     def _read(self) -> dict:
@@ -89,7 +95,8 @@ class BatchRecord:
         return data
 
     def save(self) -> None:
-        write_json_atomic(self.path, {"format": RECORD_FORMAT, "salt": self.salt.hex(), "entries": self.entries})
+        write_json_atomic(self.path, {"format": RECORD_FORMAT, "salt": self.salt.hex(), "entries": self.entries,
+                                      "failures": self.failures})
 
 
 def item_name(item: BatchItem, root: Path) -> str:
@@ -142,3 +149,19 @@ def item_key(item: BatchItem, identity: list) -> str:
     stat = item.path.stat()
     parts = [str(item.path.resolve()), stat.st_size, stat.st_mtime_ns, item.frame, *identity]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def failure_key(path: Path, frame: int | None) -> str:
+    """The record key of a file (``frame`` None) or frame not analysed: its path alone, as whether
+    the file changed since is told by the size and time kept beside the failure. Hashed, like the
+    entries' keys, so the record lists no path."""
+    return hashlib.sha256(json.dumps(["failure", os.path.realpath(path), frame]).encode()).hexdigest()
+
+
+def file_state(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns), or None when the file cannot be looked at."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns

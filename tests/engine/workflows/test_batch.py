@@ -164,7 +164,9 @@ def test_cli_batch_writes_worklist_exports_and_lists_failures(mixed_folder, tmp_
         assert f"{name}:" in err
     assert "Analysed 6 image(s)" in err and "images/s" in err
     assert len(list((out / "png").glob("*.png"))) == 6
-    assert len(list((out / "dicom").glob("*.dcm"))) == 6
+    # Per image: the secondary capture, a parametric map per class (3) and the structured report.
+    assert len(list((out / "dicom").glob("*.dcm"))) == 6 * 5
+    assert len(list((out / "dicom").glob("*-sr.dcm"))) == 6
     reports = list((out / "reports").glob("*.html"))
     assert len(reports) == 4  # three DICOM studies and the PNG folder
     for report in reports:
