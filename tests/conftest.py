@@ -17,6 +17,16 @@ from engine.resources import DEMO_MODEL as DEMO_BUNDLE  # noqa: E402
 from engine.resources import DEMO_STUDIES, ROOT  # noqa: E402,F401 (ROOT: for the tests that import it)
 
 
+@pytest.fixture(scope="session")
+def qapp(qapp_args, qapp_cls):
+    """pytest-qt's QApplication made as the viewer makes it (viewer.qt_app.make_app): Python's
+    cycle collector then runs on the GUI thread only (viewer/gui_gc.py). Without that a worker's
+    allocation could collect a closed test window on the worker and hang the run."""
+    from viewer.qt_app import make_app
+
+    return make_app()
+
+
 def make_bundle(folder: Path, *, architecture="resnet18", classes=("normal", "nodule", "effusion"),
                 channels=1, size=64, dropout=0.3, seed=0, **manifest_extra) -> Path:
     """A small bundle with random (seeded) weights, written the way users' bundles are."""

@@ -17,4 +17,7 @@ def make_app():
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("Lantern")
     app.setApplicationName("Lantern")
+    from viewer.gui_gc import collect_on_gui_thread
+
+    collect_on_gui_thread(app)  # never on a worker thread: see gui_gc
     return app
