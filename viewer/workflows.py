@@ -7,10 +7,11 @@ actions and panels to the main window; this list is the one place that wires the
 from __future__ import annotations
 
 from viewer import evaluation_view, exports, presentation, teaching, worklist
-from viewer import trust_panel
+from viewer import network_menu, trust_panel
 
 INSTALLERS: list = [teaching.install, presentation.install, evaluation_view.install,
-                    worklist.install, exports.install, trust_panel.install]
+                    worklist.install, exports.install, trust_panel.install,
+                    network_menu.install]  # after exports: File > Send to PACS goes below Export
 
 
 def install(window) -> None:

@@ -105,7 +105,10 @@ class WorklistPanel(QWidget):
         if folder:
             self.run(Path(folder))
 
-    def run(self, source: Path) -> None:
+    def run(self, source: Path, *, keep_rows: bool = False) -> None:
+        """``keep_rows``: the same source again because files arrived (viewer/inbox_feed.py): the
+        shown rows, and the reader's selection with them, stay; the batch reuses their results and
+        only the new rows are appended."""
         import engine
         from engine.workflows.batch import BatchOptions, BatchResult, batch_steps
 
@@ -114,8 +117,9 @@ class WorklistPanel(QWidget):
             self.window.show_error("Open a model bundle first: the worklist analyses with the loaded model.")
             return
         self.cancel()
-        self.model.set_rows([])
-        self.uncertainty.clear()
+        if not (keep_rows and self.source == Path(source)):
+            self.model.set_rows([])
+            self.uncertainty.clear()
         live: list = []  # rows as the batch makes them (appended on its thread, read here)
         self._live = live
         source = Path(source)
