@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli.serve_command import add_serve_parser
 
     add_serve_parser(sub)  # serve: the analysis over HTTP
+    from engine.cli.train_command import add_train_parser
+
+    add_train_parser(sub)  # train: fine-tune on a labelled folder into a bundle
 
     p = sub.add_parser("explain", help="analyse images; write result.json and one overlay PNG per class")
     p.add_argument("files", nargs="*", type=Path, help="images, each analysed on its own")

@@ -1,6 +1,10 @@
 """Model making: needs PyTorch and is never in the packaged app.
 
     training       train the demo model on phantoms
+    train_run      ``lantern-engine train``: a labelled folder into a bundle; its parts: train_options,
+                   train_data (labels, images, split by patient), train_augment, train_weights
+                   (--init), train_loop (+ train_checkpoint: --resume), train_bundle (temperature,
+                   export, out-of-distribution statistics, test metrics), train_benchmark
     onnx_export    the bundle's model as ONNX with all-class gradients in the graph, verified;
                    its parts: export_modules (the torch modules to export), fx_rewrites (the
                    traced gradient in ops ONNX has), onnx_graph (the gradients behind an If, and

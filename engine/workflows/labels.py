@@ -1,8 +1,10 @@
 """Labelled sets: the one reader for a labels CSV (teaching sessions and model evaluation).
 
-The CSV has a header row with the columns ``file`` and ``class`` and optionally ``mask``: the
-image file and the mask (a PNG, non-zero on the lesion) are paths relative to the CSV's own
-folder; ``class`` is a class name. Blank lines and lines starting with ``#`` are ignored.
+The CSV has a header row with the columns ``file`` and ``class`` and optionally ``mask`` and
+``group``: the image file and the mask (a PNG, non-zero on the lesion) are paths relative to the
+CSV's own folder; ``class`` is a class name; ``group`` names the patient (or anything else whose
+images belong together), which ``lantern-engine train`` keeps in one split and evaluation ignores.
+Blank lines and lines starting with ``#`` are ignored.
 Every problem is reported as a :class:`LabelsError` naming the CSV and the line.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 from engine.errors import LanternError
 
 REQUIRED_COLUMNS = ("file", "class")
-OPTIONAL_COLUMNS = ("mask",)
+OPTIONAL_COLUMNS = ("mask", "group")
 
 
 class LabelsError(LanternError):
@@ -31,6 +33,7 @@ class LabelledCase:
     label: int  # index into the set's classes
     mask: Path | None  # PNG lesion mask, or None
     line: int  # line of the CSV it came from (1 = header), for messages and exports
+    group: str = ""  # the 'group' column (a patient), "" when not given
 
     def load_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """The mask as bool (H, W) on an image of ``shape``, resized (nearest) if it differs."""
@@ -70,10 +73,12 @@ def _existing(folder: Path, raw: str, what: str, csv_path: Path, line: int) -> P
     return path
 
 
-def read_labels(csv_path: str | Path, classes: tuple[str, ...] | list[str]) -> LabelledSet:
-    """Read a labels CSV whose classes must be among ``classes`` (the model's, in its order)."""
+def read_labels(csv_path: str | Path, classes: tuple[str, ...] | list[str] | None) -> LabelledSet:
+    """Read a labels CSV whose classes must be among ``classes`` (the model's, in its order);
+    ``None``: the file's own class names, in the order they first appear (a model to be trained)."""
     csv_path = Path(csv_path)
-    classes = tuple(classes)
+    from_file = classes is None
+    classes = [] if from_file else tuple(classes)
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -81,17 +86,17 @@ def read_labels(csv_path: str | Path, classes: tuple[str, ...] | list[str]) -> L
     rows = [(n, row) for n, row in enumerate(csv.reader(text.splitlines()), start=1)
             if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")]
     if not rows:
-        raise LabelsError("the labels file is empty (expected a header: file,class[,mask])", csv_path)
+        raise LabelsError("the labels file is empty (expected a header: file,class[,mask][,group])", csv_path)
     header_line, header = rows[0]
     columns = [c.strip().lower() for c in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise LabelsError(f"line {header_line}: the header has no {' or '.join(repr(c) for c in missing)} "
-                          f"column (expected: file,class[,mask])", csv_path)
+                          f"column (expected: file,class[,mask][,group])", csv_path)
     unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
         raise LabelsError(f"line {header_line}: unknown column(s) {', '.join(unknown)} "
-                          f"(expected: file,class[,mask])", csv_path)
+                          f"(expected: file,class[,mask][,group])", csv_path)
     at = {c: columns.index(c) for c in columns}
     folder = csv_path.parent
     cases: list[LabelledCase] = []
@@ -103,6 +108,8 @@ def read_labels(csv_path: str | Path, classes: tuple[str, ...] | list[str]) -> L
         file, name = cells[at["file"]], cells[at["class"]]
         if not file or not name:
             raise LabelsError(f"line {line}: every row needs a file and a class", csv_path)
+        if name not in classes and from_file:
+            classes.append(name)
         if name not in classes:
             raise LabelsError(f"line {line}: unknown class '{name}' (the model's classes: "
                               f"{', '.join(classes)})", csv_path)
@@ -112,7 +119,8 @@ def read_labels(csv_path: str | Path, classes: tuple[str, ...] | list[str]) -> L
         seen[path] = line
         raw_mask = cells[at["mask"]] if "mask" in at else ""
         mask = _existing(folder, raw_mask, "mask", csv_path, line) if raw_mask else None
-        cases.append(LabelledCase(path, classes.index(name), mask, line))
+        group = cells[at["group"]] if "group" in at else ""
+        cases.append(LabelledCase(path, classes.index(name), mask, line, group))
     if not cases:
         raise LabelsError("the labels file has a header but no cases", csv_path)
-    return LabelledSet(csv_path, classes, tuple(cases))
+    return LabelledSet(csv_path, tuple(classes), tuple(cases))
