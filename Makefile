@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[torch,viewer,dev,package,hub,service,cluster]'
+	$(BIN)/pip install -q -e '.[torch,train,viewer,dev,package,hub,service,cluster]'
 	touch $@
 
 run: $(STAMP)
