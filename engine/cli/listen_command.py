@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 from engine.analysis import LoadedModel, load_model
+from engine.cam import DEFAULT_METHOD
+from engine.cli.batch_command import BatchExporter
+from engine.cli.network_commands import parse_node
+from engine.exports.dicom_objects import DICOM_OBJECT_KINDS, parse_kinds
 from engine.errors import LanternError
 from engine.files import unused_path, write_bytes_atomic
 from engine.network.nodes import DicomNode, TlsSettings, check_ae_title
@@ -81,12 +85,42 @@ class RefusalLog:
         write_bytes_atomic(self.path, buffer.getvalue().encode("utf-8"))
 
 
+class ResultSender:
+    """Sends each run's new DICOM objects to a node (C-STORE); what the node did not take is
+    logged and tried again after the next run, so a PACS that was down gets them later."""
+
+    def __init__(self, node, calling_ae: str):
+        self.node, self.calling_ae = node, calling_ae
+        self.unsent: list[Path] = []
+        self.sent = 0
+
+    def send(self, written) -> None:
+        from engine.network.send import send_files
+
+        self.unsent += [p for p in written if p.suffix == ".dcm"]
+        if not self.unsent:
+            return
+        try:
+            result = send_files(self.node, self.calling_ae, self.unsent)
+        except LanternError as exc:
+            log.error("sending %d result object(s) to %s failed: %s (tried again after the next run)",
+                      len(self.unsent), self.node, exc.reason)
+            return
+        self.sent += len(result.sent)
+        self.unsent = [path for path, _ in result.failed]
+        log.info("sent %d result object(s) to %s", len(result.sent), self.node)
+        for path, reason in result.failed:
+            log.warning("not sent: %s: %s", path.name, reason)
+
+
 class AnalysisLoop(threading.Thread):
     """The one thread that analyses: runs the batch over the inbox after arrivals (debounced)."""
 
-    def __init__(self, inbox: Path, out: Path, model: LoadedModel, options: BatchOptions):
+    def __init__(self, inbox: Path, out: Path, model: LoadedModel, options: BatchOptions,
+                 exporter=None, sender: ResultSender | None = None):
         super().__init__(name="lantern-listen-analysis", daemon=True)
         self.inbox, self.out, self.model, self.options = inbox, out, model, options
+        self.exporter, self.sender = exporter, sender  # DICOM result objects, and where they go
         self._wake = threading.Condition()
         self._first_pending: float | None = None
         self._last_arrival = 0.0
@@ -140,11 +174,13 @@ class AnalysisLoop(threading.Thread):
                 self._reported.add(path)
                 log.warning("not analysed: %s: %s", path, reason)
         self.analysed, self.runs = len(result.rows), self.runs + 1
+        if self.sender is not None:
+            self.sender.send(result.written)
         log.info("analysed %d new image(s) in %.1f s; worklist %s lists %d", result.analysed,
                  time.perf_counter() - started, worklist, len(result.rows))
 
     def _run_batch(self) -> BatchResult | None:
-        steps = batch_steps(self.inbox, self.out, self.model, self.options)
+        steps = batch_steps(self.inbox, self.out, self.model, self.options, self.exporter)
         while True:
             try:
                 next(steps)
@@ -158,14 +194,15 @@ class AnalysisLoop(threading.Thread):
 class ReceiveAndAnalyse:
     """The listener, its analysis thread and its refusals file, started and stopped together."""
 
-    def __init__(self, inbox: Path, out: Path, model: LoadedModel, options: BatchOptions, **scp_options):
+    def __init__(self, inbox: Path, out: Path, model: LoadedModel, options: BatchOptions, *, exporter=None,
+                 sender: ResultSender | None = None, **scp_options):
         inbox, out = Path(inbox), Path(out)
         inbox.mkdir(parents=True, exist_ok=True)
         check_output_folder(inbox, out)
         model.bundle.require_single_input("listening")
         out.mkdir(parents=True, exist_ok=True)
         self.refusals = RefusalLog(out)
-        self.loop = AnalysisLoop(inbox, out, model, options)
+        self.loop = AnalysisLoop(inbox, out, model, options, exporter, sender)
         self.received = 0  # instances written to the inbox since start
         self._count_lock = threading.Lock()  # several associations store at once
         self.scp = StorageSCP(inbox, on_stored=self._stored, on_refused=self.refusals.add, **scp_options)
@@ -212,9 +249,18 @@ def listen_command(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             raise LanternError("TLS needs both --tls-cert and --tls-key (and optionally --tls-ca)")
         tls = TlsSettings(args.tls_cert, args.tls_key, args.tls_ca)
+    destination = parse_node(args.send_to) if args.send_to else None
+    kinds = parse_kinds(args.dicom_objects) if args.dicom_objects else DICOM_OBJECT_KINDS
+    dicom = bool(args.dicom_objects or destination)
     model = load_model(args.model, args.engine)
-    options = BatchOptions(mc_samples=args.mc, confidence_threshold=args.threshold)
-    node = ReceiveAndAnalyse(args.inbox, args.out, model, options, ae_title=args.ae, port=args.port, bind=args.bind,
+    # Result objects need maps: then every image gets a full analysis with the default method.
+    options = BatchOptions(method=DEFAULT_METHOD if dicom else None, mc_samples=args.mc,
+                           confidence_threshold=args.threshold)
+    exporter = (BatchExporter(args.inbox, args.out, model, png=False, dicom=True, report=False, method=DEFAULT_METHOD,
+                              dicom_objects=kinds) if dicom else None)
+    sender = ResultSender(destination, args.ae) if destination else None
+    node = ReceiveAndAnalyse(args.inbox, args.out, model, options, exporter=exporter, sender=sender,
+                             ae_title=args.ae, port=args.port, bind=args.bind,
                              allowed_ae=args.allow, allowed_hosts=args.allow_host, allow_any=args.allow_any,
                              min_free_bytes=int(args.min_free_mb * 2**20), tls=tls)
     stop = threading.Event()
@@ -240,6 +286,8 @@ def listen_command(args: argparse.Namespace) -> int:
         for signum, handler in earlier.items():
             signal.signal(signum, handler)
         log.removeHandler(shown)
-    print(f"Stopped. {node.loop.analysed} image(s) in the worklist, {len(node.refusals.rows)} refusal(s) "
+    sent = (f", {sender.sent} result object(s) sent to {destination}"
+            + (f" ({len(sender.unsent)} not sent)" if sender.unsent else "")) if sender else ""
+    print(f"Stopped. {node.loop.analysed} image(s) in the worklist{sent}, {len(node.refusals.rows)} refusal(s) "
           f"in {node.refusals.path}", file=sys.stderr, flush=True)
     return 0

@@ -56,6 +56,12 @@ def _add_listen_parser(sub) -> None:
     p.add_argument("--allow-any", action="store_true", help="accept any calling AE title")
     p.add_argument("--min-free-mb", type=float, default=500,
                    help="refuse images (out of resources) rather than leave less free space than this in the inbox")
+    p.add_argument("--dicom-objects", default=None, metavar="KINDS",
+                   help="also write each received image's explanation as DICOM objects into --out/dicom: "
+                        "comma-separated from sc,pm,sr (secondary capture, parametric maps, structured report)")
+    p.add_argument("--send-to", default=None, metavar="AE@HOST:PORT",
+                   help="send those objects (all three unless --dicom-objects) to this node by C-STORE, e.g. "
+                        "back to the PACS, into the source's study")
     p.add_argument("--tls-cert", type=Path, help="TLS: this node's certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS: its private key (PEM)")
     p.add_argument("--tls-ca", type=Path, help="TLS: CA certificates a sender's certificate must be signed by "
