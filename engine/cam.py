@@ -118,6 +118,16 @@ class ClassMaps:
         self._lock = threading.Lock()  # a worker and the GUI thread may ask for the same class
         self._peaks: np.ndarray | None = None  # per-class display peaks shared with other images
 
+    def __getstate__(self) -> dict:
+        # Sent from a Ray worker to the driver (exports): a lock cannot be pickled, and the warped
+        # maps are source-sized (megabytes a class) and remade on first use from the grid.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_warped")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._warped = {}
+        self._lock = threading.Lock()
+
     @staticmethod
     def share_scale(maps: "list[ClassMaps]") -> None:
         """Display every class of several images' maps (a multi-input case) on one scale: the

@@ -14,8 +14,10 @@ from engine.exports.anonymize import Pseudonymizer
 from engine.workflows.batch import BatchOptions, BatchResult, run_batch
 from engine.workflows.batch_failures import NotAnalysed
 from engine.workflows.batch_record import BatchItem, item_name
+from engine.workflows.batch_sources import as_source, read_file_list, source_root
 from engine.workflows.uncertainty_report import uncertainty_report, write_uncertainty_report
 from engine.exports.dicom_objects import DICOM_OBJECT_KINDS, export_dicom_objects, model_manufacturer, parse_kinds
+from engine.errors import LanternError
 from engine.files import safe_name, unused_path, write_bytes_atomic
 from engine.images import SourceImage
 from engine.exports.overlay import encode_png
@@ -33,7 +35,7 @@ class BatchExporter:
 
     def __init__(self, source: Path, out: Path, model: LoadedModel, *, png: bool, dicom: bool, report: bool,
                  method: str, dicom_objects: tuple[str, ...] = DICOM_OBJECT_KINDS):
-        self.root = source if source.is_dir() else source.parent
+        self.root = source_root(as_source(source))  # a folder's, or a list's files' common folder
         self.out, self.model = out, model
         self.png, self.dicom, self.report, self.method = png, dicom, report, method
         self.dicom_objects = dicom_objects  # which DICOM objects: sc, pm, sr (engine.exports.dicom_objects)
@@ -119,19 +121,40 @@ def _write_summary_page(result: BatchResult, reports: list[Path], model: LoadedM
     return write_report(result.out / "summary.html", html)  # beside reports/, not one of the studies
 
 
+def _source_and_runner(args: argparse.Namespace):
+    """The folder or the list of files (--files-from), and who computes: None for this process,
+    else a Ray runner (--ray, --ray-workers; engine.workflows.ray_batch, imported only then)."""
+    files_from, ray = getattr(args, "files_from", None), getattr(args, "ray", None)
+    if (args.source is None) == (files_from is None):
+        raise LanternError("give a folder (or DICOMDIR) or --files-from LIST: one of the two")
+    source = read_file_list(files_from) if files_from is not None else args.source
+    workers = getattr(args, "ray_workers", None)
+    if ray is None:
+        if workers is not None:
+            raise LanternError("--ray-workers needs --ray")
+        return source, None
+    if workers is not None and workers < 1:
+        raise LanternError("--ray-workers must be at least 1")
+    from engine.workflows.ray_batch import ray_runner
+
+    return source, ray_runner(None if ray == "local" else ray, workers)
+
+
 def batch_command(args: argparse.Namespace) -> int:
     # --dicom-objects picks which DICOM objects (and implies --dicom); checked before the model loads.
     dicom_objects = parse_kinds(args.dicom_objects) if args.dicom_objects is not None else DICOM_OBJECT_KINDS
     dicom = args.dicom or args.dicom_objects is not None
     exporting = args.png or dicom or args.report
     method = args.method or (DEFAULT_METHOD if exporting else None)
-    model = load_model(args.model, args.engine)
+    source, runner = _source_and_runner(args)
+    model = load_model(args.model, args.engine)  # on a cluster too: the driver keys, names and exports the results
     options = BatchOptions(method=method, mc_samples=args.mc, confidence_threshold=args.threshold,
                            anonymize=args.anonymize)
-    exporter = (BatchExporter(args.source, args.out, model, png=args.png, dicom=dicom, report=args.report,
+    exporter = (BatchExporter(source, args.out, model, png=args.png, dicom=dicom, report=args.report,
                               method=method, dicom_objects=dicom_objects) if exporting else None)
     started = time.perf_counter()
-    result = run_batch(args.source, args.out, model, options, exporter, progress=_progress_printer(sys.stderr))
+    result = run_batch(source, args.out, model, options, exporter, progress=_progress_printer(sys.stderr),
+                       runner=runner)
     written = list(result.written)
     if exporter is not None:
         written += exporter.finish()

@@ -138,6 +138,10 @@ def bench_command(args: argparse.Namespace) -> int:
         from engine.cli.bench_service import service_command
 
         return service_command(args)
+    if getattr(args, "batch_ray", False):
+        from engine.cli.bench_ray import bench_ray_command
+
+        return bench_ray_command(args)
     if getattr(args, "listen", False):
         from engine.cli.bench_listen import listen_bench_command
 

@@ -21,7 +21,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_batch_parser(sub) -> None:
     p = sub.add_parser("batch", help="triage a folder or DICOMDIR: worklist CSV + per-image results (resumable)")
-    p.add_argument("source", type=Path, help="folder (searched recursively) or DICOMDIR")
+    p.add_argument("source", type=Path, nargs="?", help="folder (searched recursively) or DICOMDIR")
+    p.add_argument("--files-from", type=Path, default=None, metavar="LIST",
+                   help="instead of a folder: a text file naming the images, one path per line")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="compute on Ray (docs/cluster.md): alone, a local instance on this machine; with the "
+                        "address of a running cluster (host:port, or auto), on its nodes")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: worker processes, each opening the model once (default: one per CPU of the "
+                        "cluster)")
     p.add_argument("--out", type=Path, required=True, help="output folder (not inside the source folder)")
     _add_model_args(p)
     p.add_argument("--method", default=None, choices=METHOD_NAMES,
@@ -142,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the listener (listen) receiving --instances demo images from 4 storescu at once "
                    "and analysing them: images received and analysed per second (default engine onnx-int8)")
     p.add_argument("--instances", type=int, default=400, help="with --listen: images to send")
+    p.add_argument("--batch-ray", action="store_true",
+                   help="instead: batch images/s locally and on a local Ray instance with 1 and 2 workers, and "
+                   "Lantern's overhead per image there (docs/cluster.md; default engine onnx-int8)")
+    p.add_argument("--images", type=int, default=200, help="with --batch-ray: demo radiographs to batch")
     p.add_argument("--service", action="store_true",
                    help="instead: the HTTP service (serve) against analysing in process: requests/s and p50/p95 "
                    "latency of /classify and /explain with 1 and 4 clients, and its overhead (default engine onnx-int8)")

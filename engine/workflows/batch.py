@@ -42,13 +42,16 @@ from engine.files import unused_path, write_bytes_atomic, write_json_atomic
 from engine.images import SourceImage, load_image
 from engine.intended_inputs import check_inputs
 from engine.preprocess import prepare_input
-from engine.studies import ScanResult, scan_studies
+from engine.studies import ScanResult
+from engine.workflows.batch_sources import BatchSource, as_source, scan_source, source_exists, source_root
 from engine.uncertainty import DEFAULT_SAMPLES, DEFAULT_THRESHOLD, calibrated_probabilities
 
 CSV_NAME = "worklist.csv"
 SAVE_EVERY_S = 3.0  # record saves: often enough to lose little on a crash, rare enough to cost little
 
 Exporter = Callable[[SourceImage, Analysis, BatchItem, "Pseudonymizer | None"], Iterable[Path]]
+# (chunks, model, options, keep images and analyses for exports) -> per chunk, in order: (done, failures).
+ChunkRunner = Callable[[list, "LoadedModel", "BatchOptions", bool], Generator[tuple[list, list], None, None]]
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,10 @@ class BatchProgress(Progress):
     skipped: int = 0
 
 
-def batch_items(source: str | Path, leave_out=None) -> tuple[list[BatchItem], ScanResult]:
-    """Every frame of every image under ``source`` (a folder or a DICOMDIR), and the scan (what
-    it skipped or could not read). ``leave_out``: see :func:`engine.studies.scan_studies`."""
-    scan = scan_studies(source, leave_out=leave_out)
+def batch_items(source: BatchSource, leave_out=None) -> tuple[list[BatchItem], ScanResult]:
+    """Every frame of every image under ``source`` (a folder, a DICOMDIR or a FileList), and the
+    scan (what it skipped or could not read). ``leave_out``: see :func:`engine.studies.scan_studies`."""
+    scan = scan_source(as_source(source), leave_out=leave_out)
     items = []
     for study in scan.studies:
         for series in study.series:
@@ -104,9 +107,9 @@ def batch_items(source: str | Path, leave_out=None) -> tuple[list[BatchItem], Sc
     return items, scan
 
 
-def check_output_folder(source: Path, out: Path) -> None:
+def check_output_folder(source: BatchSource, out: Path) -> None:
     """Results are never mixed with sources: refuse an output folder inside the scanned one."""
-    root = (source if source.is_dir() else source.parent).resolve()
+    root = source_root(as_source(source)).resolve()
     if out.resolve() == root or out.resolve().is_relative_to(root):
         raise LanternError("the output folder is inside the folder being analysed; choose one outside it, "
                            "so that results are never written beside the source images", out)
@@ -151,9 +154,9 @@ def _analysis_failed(item: BatchItem, what: str, exc: Exception) -> tuple:
     return item, f"{what}: {short_cause(exc)}", FAILED, RETRY_ALWAYS
 
 
-def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exporter | None,
-             pseudonyms: Pseudonymizer | None, written: list) -> tuple[list[tuple[int, BatchItem, str, dict]], list]:
-    """The results of the images in ``loaded``, and the failures (as _load_chunk's) of the others."""
+def _analyse(loaded, model: LoadedModel, options: BatchOptions, keep: bool = False) -> tuple[list[tuple], list]:
+    """The results of the images in ``loaded`` as (index, item, key, result, image, analysis),
+    the image and Analysis only with ``keep`` (for exports), and the failures (as _load_chunk's)."""
     done, failures = [], []
     if options.method is not None:
         analysis_options = AnalysisOptions(methods=(options.method,), mc_samples=options.mc_samples,
@@ -164,13 +167,8 @@ def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exp
             except Exception as exc:
                 failures.append(_analysis_failed(item, "the analysis failed", exc))
                 continue
-            if on_analysis is not None:
-                try:  # not recorded as done unless its exports are written: a resumed batch redoes them
-                    written.extend(on_analysis(image, analysis, item, pseudonyms))
-                except Exception as exc:
-                    failures.append(_analysis_failed(item, "its exports could not be written", exc))
-                    continue
-            done.append((index, item, key, analysis.to_dict(options.method)))
+            kept = (image, analysis) if keep else (None, None)  # only exports need them, and cost a transfer
+            done.append((index, item, key, analysis.to_dict(options.method), *kept))
         return done, failures
     if not loaded:
         return done, failures
@@ -186,10 +184,49 @@ def _analyse(loaded, model: LoadedModel, options: BatchOptions, on_analysis: Exp
                 failures.append(_analysis_failed(entry[1], "the analysis failed", exc))
     for (index, item, key, image, _), item_logits, head_input in outputs:
         try:
-            done.append((index, item, key, _triage_record(item, model, item_logits, options, head_input, image)))
+            done.append((index, item, key, _triage_record(item, model, item_logits, options, head_input, image),
+                         None, None))
         except Exception as exc:
             failures.append(_analysis_failed(item, "the analysis failed", exc))
     return done, failures
+
+
+def analyse_chunk(chunk, model: LoadedModel, options: BatchOptions, keep: bool = False) -> tuple[list, list]:
+    """One chunk of (index, item, key) from file to result, as a Ray worker runs it
+    (engine.workflows.ray_batch): the same two steps the local batch overlaps on two threads."""
+    loaded, failures = _load_chunk(chunk, model, options)
+    done, more = _analyse(loaded, model, options, keep)
+    return done, failures + more
+
+
+def local_chunks(chunks, model: LoadedModel, options: BatchOptions, keep: bool):
+    """The local batch's results, chunk by chunk in order: a loader thread prepares the next
+    chunk while the engine runs this one. A ChunkRunner, as ray_batch.ray_runner's are."""
+    loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
+    try:
+        upcoming = loader.submit(_load_chunk, chunks[0], model, options) if chunks else None
+        for n in range(len(chunks)):
+            loaded, load_failures = upcoming.result()
+            if n + 1 < len(chunks):
+                upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
+            done, analysis_failures = _analyse(loaded, model, options, keep)
+            yield done, load_failures + analysis_failures
+    finally:  # a cancelled batch does not wait for chunks nobody will see
+        loader.shutdown(wait=True, cancel_futures=True)
+
+
+def _export(done: list, on_analysis: Exporter, pseudonyms: Pseudonymizer | None, written: list) -> tuple[list, list]:
+    """On the thread running the batch, wherever the analyses ran: an image is not done unless its
+    exports are written (a resumed batch redoes it)."""
+    kept, failures = [], []
+    for entry in done:
+        try:
+            written.extend(on_analysis(entry[4], entry[5], entry[1], pseudonyms))
+        except Exception as exc:
+            failures.append(_analysis_failed(entry[1], "its exports could not be written", exc))
+            continue
+        kept.append(entry)
+    return kept, failures
 
 
 def _failed_frame(item: BatchItem) -> int | None:
@@ -219,14 +256,16 @@ def _raise_failed_writes(writes: list[Future]) -> None:
         writes.remove(future)
 
 
-def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
-                on_analysis: Exporter | None = None,
-                on_row: Callable[[BatchRow], None] | None = None) -> Generator[Progress, None, BatchResult]:
+def batch_steps(source: BatchSource, out: str | Path, model: LoadedModel, options: BatchOptions = BatchOptions(),
+                on_analysis: Exporter | None = None, on_row: Callable[[BatchRow], None] | None = None,
+                runner: ChunkRunner | None = None) -> Generator[Progress, None, BatchResult]:
     """``on_row`` hears of every row as soon as it is known (reused ones first), on the thread
-    running the batch: a worklist fills while the batch runs."""
-    source, out = Path(source), Path(out)
+    running the batch: a worklist fills while the batch runs. ``runner`` computes the chunks'
+    results (default local_chunks; engine.workflows.ray_batch on a cluster); this thread alone
+    exports and writes them."""
+    source, out = as_source(source), Path(out)
     model.bundle.require_single_input("a batch over a folder")
-    if not source.exists():
+    if not source_exists(source):
         raise LanternError("the folder or file to analyse does not exist", source)
     check_output_folder(source, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +274,7 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
     failures = FailureLog(record.failures, pseudonyms)
     items, scan = batch_items(source, leave_out=failures.still_holds)
     failures.add_scan(scan)
-    root = source if source.is_dir() else source.parent
+    root = source_root(source)
     identity = [model.bundle.name, model.bundle.version, model.bundle.temperature, model.engine,
                 model.ood.threshold if model.ood else None, *options.identity()]
     rows: dict[int, BatchRow] = {}
@@ -268,19 +307,18 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
         return BatchProgress(stage, step, max(len(todo), 1), analysed, reused, failed, skipped)
 
     yield progress(0)
-    loader = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-load")
     writer = ThreadPoolExecutor(1, thread_name_prefix="lantern-batch-write")
+    exporting = on_analysis is not None and options.method is not None
+    results = (runner or local_chunks)(chunks, model, options, exporting)  # in order, whoever computes them
     try:
-        upcoming = loader.submit(_load_chunk, chunks[0], model, options) if chunks else None
         last_save, step = time.monotonic(), 0
-        for n, chunk in enumerate(chunks):
-            loaded, load_failures = upcoming.result()
-            if n + 1 < len(chunks):
-                upcoming = loader.submit(_load_chunk, chunks[n + 1], model, options)
-            done, analysis_failures = _analyse(loaded, model, options, on_analysis, pseudonyms, written)
-            for item, reason, status, retry in load_failures + analysis_failures:
+        for chunk, (done, chunk_failures) in zip(chunks, results):
+            if exporting:
+                done, export_failures = _export(done, on_analysis, pseudonyms, written)
+                chunk_failures = chunk_failures + export_failures
+            for item, reason, status, retry in chunk_failures:
                 failures.add(item.path, _failed_frame(item), reason, status, retry, item.patient_id)
-            for index, item, key, data in done:
+            for index, item, key, data, *_ in done:
                 if pseudonyms is not None:  # shared outputs never carry file or folder names
                     name = pseudonyms.image_name(item.patient_id, item.path, item.frame)
                     data = {**data, "source": name}
@@ -299,7 +337,7 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
             step += len(chunk)
             yield progress(step)
     finally:  # also when the caller closes the generator (cancel): keep what is done
-        loader.shutdown(wait=True, cancel_futures=True)
+        results.close()
         writer.shutdown(wait=True)
         record.failures.update(failures.take_pending())
         record.save()
@@ -318,6 +356,6 @@ def batch_steps(source: str | Path, out: str | Path, model: LoadedModel, options
 
 
 def run_batch(source, out, model: LoadedModel, options: BatchOptions = BatchOptions(),
-              on_analysis: Exporter | None = None,
-              progress: Callable[[Progress], None] | None = None) -> BatchResult:
-    return run_to_end(batch_steps(source, out, model, options, on_analysis), progress)
+              on_analysis: Exporter | None = None, progress: Callable[[Progress], None] | None = None,
+              runner: ChunkRunner | None = None) -> BatchResult:
+    return run_to_end(batch_steps(source, out, model, options, on_analysis, runner=runner), progress)
