@@ -125,6 +125,9 @@ def _source_and_runner(args: argparse.Namespace):
     """The folder or the list of files (--files-from), and who computes: None for this process,
     else a Ray runner (--ray, --ray-workers; engine.workflows.ray_batch, imported only then)."""
     files_from, ray = getattr(args, "files_from", None), getattr(args, "ray", None)
+    if args.source is None and files_from is None and ray not in (None, "local") and Path(ray).exists():
+        # 'batch --ray DIR': argparse took the folder for --ray's optional address
+        args.source, ray = Path(ray), "local"
     if (args.source is None) == (files_from is None):
         raise LanternError("give a folder (or DICOMDIR) or --files-from LIST: one of the two")
     source = read_file_list(files_from) if files_from is not None else args.source

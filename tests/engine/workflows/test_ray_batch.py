@@ -177,3 +177,19 @@ def test_a_node_lost_mid_batch_costs_no_result_and_duplicates_none(cluster, tmp_
     written = sorted(p.relative_to(out).as_posix() for p in (out / "results").iterdir())
     assert written == sorted(r["result"] for r in table) and len(written) == 24  # a second write: a -2 name
     assert not result.failures
+
+
+def test_a_folder_written_right_after_ray_is_the_source_not_an_address(tmp_path):
+    """argparse gives 'batch --ray DIR --out OUT' the folder as --ray's optional address."""
+    from engine.cli.batch_command import _source_and_runner
+    from engine.cli.main import build_parser
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    args = build_parser().parse_args(["batch", "--ray", str(folder), "--out", str(tmp_path / "out")])
+    args.ray_workers = 0  # refused before any Ray instance starts: the source was found first
+    from engine.errors import LanternError
+
+    with pytest.raises(LanternError, match="--ray-workers must be at least 1"):
+        _source_and_runner(args)
+    assert args.source == folder
