@@ -238,6 +238,42 @@ def check_reference(report: Report, model, reference_path: Path, studies: Path) 
                                             f"{(time.perf_counter() - start) * 1000:.0f} ms)")
 
 
+def check_dicom_node(report: Report, work: Path, model, studies: Path) -> None:
+    """What a PACS administrator relies on ships: TLS, the listener (C-ECHO and C-STORE on
+    loopback) and the standard result objects (SC, Parametric Maps, SR)."""
+    studies = Path(studies)
+    source = studies if studies.is_file() else next(iter(sorted(studies.glob("*.dcm"))), None)
+    if not report.check(source is not None, "a DICOM study to send", str(studies)):
+        return
+    try:  # a module the package lacks is a failed check, not a crash of the self-test
+        import ssl
+
+        from engine import analyze, load_image
+        from engine.exports.dicom_objects import export_dicom_objects, model_manufacturer
+        from engine.network.nodes import DicomNode
+        from engine.network.send import send_files
+        from engine.network.storage_scp import StorageSCP
+        from engine.network.verification import echo
+
+        report.check(ssl.create_default_context() is not None, "TLS available for DICOM connections",
+                     ssl.OPENSSL_VERSION)
+        with StorageSCP(work / "inbox", port=0, allowed_ae=["SELFTEST"], min_free_bytes=0) as listener:
+            node = DicomNode("LANTERN", "127.0.0.1", listener.port)
+            echo(node, "SELFTEST")
+            sent = send_files(node, "SELFTEST", [source])
+        received = list((work / "inbox").rglob("*.dcm"))
+        report.check(len(sent.sent) == 1 and len(received) == 1, "DICOM listener answers C-ECHO and stores a C-STORE",
+                     f"{len(received)} file(s) received")
+        image = load_image(source)
+        written = export_dicom_objects(work / "objects", image, analyze(image, model), name="selftest",
+                                       model_manufacturer=model_manufacturer(model.bundle))
+        kinds = sorted(p.name.split("-")[1] if "-" in p.name else "sc" for p in written)
+        report.check(len(written) == 2 + len(model.bundle.classes), "DICOM result objects written (SC, PM, SR)",
+                     ", ".join(kinds))
+    except Exception as exc:  # the report says what failed; the rest of the self-test goes on
+        report.check(False, "DICOM node and result objects", f"{type(exc).__name__}: {exc}")
+
+
 def rendered_not_blank(image) -> bool:
     """A grabbed window that is one flat colour did not render."""
     small = image.scaled(64, 40)
@@ -299,6 +335,7 @@ def run_selftest(model: Path | None = None, studies: Path | None = None, png: Pa
     check_codecs(report)
     check_image_codecs(report, work)
     check_teaching_set(report, loaded_model.bundle.classes)
+    check_dicom_node(report, work, loaded_model, studies)
     if is_frozen():
         report.check(importlib.util.find_spec("torch") is None, "the package has no torch")
     else:

@@ -50,6 +50,7 @@ def test_selftest_in_process(qapp, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "SELF-TEST PASSED" in out and "cold start" in out
+    assert "ok    DICOM listener answers C-ECHO" in out and "ok    DICOM result objects written" in out
     assert png.stat().st_size > 20_000
 
 
@@ -123,6 +124,8 @@ def test_frozen_app_selftest():
     # no model weights ship (the app runs ONNX); the out-of-distribution statistics (plain arrays) do
     assert [p.name for p in folder.rglob("*.safetensors")] == ["ood.safetensors"]
     assert "ok    the out-of-distribution check scored the demo study" in run.stdout
+    for shipped in ("TLS available", "DICOM listener answers C-ECHO", "DICOM result objects written"):
+        assert f"ok    {shipped}" in run.stdout, shipped  # the DICOM node is the radiologist's: it ships
     assert "ok    load_image reads gray16.tif" in run.stdout  # the package's own OpenCV build
     slim = json.loads((dist / "lantern.inputs.json").read_text())["opencv"] == "slim"
     if slim:  # no video I/O or BLAS of the PyPI wheel came along
